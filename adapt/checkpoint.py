@@ -1,0 +1,122 @@
+"""Saving and loading model checkpoints.
+
+Two layouts are read:
+- the project's own (written by :func:`save_checkpoint`): ``{"format": "iapc/1", "model": name,
+  "num_classes": K, "state_dict": ..., "config": {...}, "step": int}``;
+- the released IAPC / AdvEnt files: ``{"state_dict": ...}`` or a bare state dict, keys possibly
+  prefixed ``module.``; the auxiliary ``layer5`` head is skipped. These hold a
+  ``deeplabv2_resnet101``.
+
+Everything is loaded with ``torch.load(..., weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from iapc.adapt.models import MODELS, build_model
+from iapc.errors import UserError
+
+FORMAT = "iapc/1"
+RELEASED_MODEL = "deeplabv2_resnet101"
+_SKIPPED_PREFIXES = ("layer5.",)
+
+
+def save_checkpoint(path: str | os.PathLike, model_name: str, model: nn.Module,
+                    config: dict[str, Any] | None = None, step: int = 0, **extra: Any) -> None:
+    """Write ``model`` and its resolved config atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
+               "state_dict": model.state_dict(), "config": dict(config or {}), "step": int(step),
+               **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``, turning every failure into a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: give the path of a .pth/.pt file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or not a weights-only file
+        raise UserError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
+            "expected a file written by 'iapc train-source' or a released IAPC/AdvEnt "
+            "{'state_dict': ...} file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict "
+                        "with a 'state_dict'")
+    return data
+
+
+def _released_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    state = data.get("state_dict", data)
+    cleaned = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if not key.startswith(_SKIPPED_PREFIXES):
+            cleaned[key] = value
+    return cleaned
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {path} does not hold a {model_name}: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "pass the --model it was trained with")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise UserError(
+                f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, a {model_name} with "
+                f"{model.num_classes} classes needs {tuple(expected[key].shape)}; check --model "
+                "and --num-classes")
+    model.load_state_dict(state)
+
+
+def load_model(path: str | os.PathLike, model_name: str | None = None,
+               num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the right architecture and load ``path`` into it.
+
+    Returns ``(model, meta)``; ``meta`` has ``model``, ``num_classes``, ``config`` and ``step``.
+    ``model_name``/``num_classes`` are checked against the file when it records them.
+    """
+    path = Path(path)
+    data = read_checkpoint_file(path)
+    if data.get("format") == FORMAT:
+        name, classes = data["model"], int(data["num_classes"])
+        if model_name is not None and model_name != name:
+            raise UserError(f"checkpoint {path} holds a {name}, not a {model_name}: "
+                            f"drop --model or pass --model {name}")
+        if num_classes is not None and num_classes != classes:
+            raise UserError(f"checkpoint {path} has {classes} classes, not {num_classes}")
+        state = data["state_dict"]
+        meta = {"model": name, "num_classes": classes, "config": data.get("config", {}),
+                "step": int(data.get("step", 0))}
+    else:
+        name = model_name or RELEASED_MODEL
+        state = _released_state_dict(data)
+        classes = num_classes or _classes_from_released(state)
+        meta = {"model": name, "num_classes": classes, "config": {}, "step": 0}
+    if name not in MODELS:
+        raise UserError(f"checkpoint {path} names unknown model {name!r}")
+    model = build_model(name, classes)
+    _load_state(model, state, path, name)
+    return model, meta
+
+
+def _classes_from_released(state: dict[str, torch.Tensor]) -> int:
+    bias = state.get("layer6.conv2d_list.0.bias")
+    return int(bias.shape[0]) if bias is not None else 19
