@@ -1,0 +1,113 @@
+"""Segmentation metrics: a confusion matrix with per-class IoU and mIoU.
+
+Follows torchvision's ``references/segmentation`` ``ConfusionMatrix`` (update / compute / reset)
+and gives the same numbers as ``cityscapesscripts``' pixel-level evaluation: pixels whose ground
+truth is ignore (255) count nowhere, a class's IoU is ``tp / (tp + fp + fn)``, NaN when the class
+appears in neither prediction nor ground truth, and mIoU is the mean over the non-NaN classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from iapc.adapt.labels import CLASS_NAMES, CLASS_SUBSETS, IGNORE_INDEX
+from iapc.errors import UserError
+
+
+def _as_int64_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(values, np.ndarray):
+        values = torch.from_numpy(values)
+    return values.reshape(-1).to(device="cpu", dtype=torch.int64)
+
+
+def resolve_class_subset(classes: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``"19"``/``"16"``/``"13"`` (Cityscapes, SYNTHIA mIoU, SYNTHIA mIoU*) or explicit train ids."""
+    if isinstance(classes, str):
+        if classes not in CLASS_SUBSETS:
+            raise UserError(f"unknown class subset {classes!r}: choose one of "
+                            f"{', '.join(CLASS_SUBSETS)}")
+        return CLASS_SUBSETS[classes]
+    return tuple(int(c) for c in classes)
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """What :meth:`ConfusionMatrix.compute` returns."""
+
+    iou: np.ndarray  # (K,) float64 per-class IoU in [0, 1], NaN where undefined
+    accuracy: float  # overall pixel accuracy over non-ignored pixels
+    classes: tuple[int, ...]  # the train ids averaged into ``miou``
+    miou: float  # nan-mean of ``iou[classes]``
+
+    def to_dict(self) -> dict[str, object]:
+        names = _class_names(len(self.iou))
+        return {"miou": self.miou, "accuracy": self.accuracy, "classes": list(self.classes),
+                "iou": {names[k]: (None if np.isnan(v) else float(v))
+                        for k, v in enumerate(self.iou)}}
+
+
+class ConfusionMatrix:
+    """Accumulates a (K, K) matrix, rows = ground truth, columns = prediction."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+        """Add a batch: ``pred`` and ``target`` hold class ids of the same shape (any layout).
+
+        Target pixels equal to ``ignore_index`` (or outside [0, K)) are skipped.
+        """
+        if tuple(pred.shape) != tuple(target.shape):
+            raise UserError(f"prediction shape {tuple(pred.shape)} differs from label shape "
+                            f"{tuple(target.shape)}: upsample logits to the label size first")
+        pred, target = _as_int64_tensor(pred), _as_int64_tensor(target)
+        k = self.num_classes
+        valid = (target >= 0) & (target < k) & (target != self.ignore_index)
+        # One bincount over the joint index gt*K + pred gives the whole matrix at once.
+        joint = target[valid] * k + pred[valid].clamp(0, k - 1)
+        self.mat += torch.bincount(joint, minlength=k * k).reshape(k, k)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def iou(self) -> np.ndarray:
+        """(K,) per-class IoU; NaN where a class is in neither prediction nor ground truth."""
+        mat = self.mat.double()
+        tp = mat.diag()
+        denom = mat.sum(0) + mat.sum(1) - tp
+        iou = torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+        return iou.numpy()
+
+    def compute(self, classes: str | tuple[int, ...] | None = None) -> SegmentationScores:
+        """Scores with mIoU over ``classes`` (a subset name or train ids; ``None``: all K)."""
+        subset = tuple(range(self.num_classes)) if classes is None else resolve_class_subset(classes)
+        if max(subset) >= self.num_classes:
+            raise UserError(f"class subset {classes!r} needs {max(subset) + 1} classes, the "
+                            f"model predicts {self.num_classes}: pick a smaller --classes")
+        iou = self.iou()
+        selected = iou[list(subset)]
+        miou = float(np.nanmean(selected)) if not np.all(np.isnan(selected)) else float("nan")
+        total = int(self.mat.sum())
+        accuracy = float(self.mat.diag().sum()) / total if total else float("nan")
+        return SegmentationScores(iou=iou, accuracy=accuracy, classes=subset, miou=miou)
+
+
+def _class_names(num_classes: int) -> tuple[str, ...]:
+    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class{k}" for k in range(num_classes))
+
+
+def format_table(scores: SegmentationScores) -> str:
+    """A per-class IoU table (percent) followed by the mIoU line, for printing."""
+    names = _class_names(len(scores.iou))
+    width = max(len(n) for n in names)
+    lines = [f"{'class':<{width}}  IoU (%)"]
+    for k in scores.classes:
+        value = scores.iou[k]
+        lines.append(f"{names[k]:<{width}}  {'   n/a' if np.isnan(value) else f'{100 * value:6.2f}'}")
+    lines.append(f"{'mIoU':<{width}}  {100 * scores.miou:6.2f}  ({len(scores.classes)} classes)")
+    return "\n".join(lines)
