@@ -1,0 +1,331 @@
+"""The ZeroMQ wire protocol: the one definition of how masks and status travel (docs/PROTOCOL.md).
+
+Every message is a three-frame multipart message ``[topic, header, payload]``:
+
+- ``topic``: ``b"mask"`` (uint8 class ids), ``b"conf"`` (uint8 confidence map) or ``b"status"``.
+  It comes first so that SUB sockets can filter by prefix.
+- ``header``: a small UTF-8 JSON object with the integer schema version ``"v"``.
+- ``payload``: the raw row-major ``height * width`` bytes of the map (empty for ``status``).
+
+This module has no socket code and no torch: the publisher and every Python client import it, and
+it is what other-language clients are written against (through docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+TOPIC_MASK = b"mask"
+TOPIC_CONF = b"conf"
+TOPIC_STATUS = b"status"
+MAP_TOPICS = (TOPIC_MASK, TOPIC_CONF)
+TOPICS = (TOPIC_MASK, TOPIC_CONF, TOPIC_STATUS)
+
+ENCODING_CLASS_IDS = "class_ids"
+ENCODING_CONFIDENCE = "confidence_u8"
+# Each map topic carries exactly one encoding, so a client can trust the topic alone.
+TOPIC_ENCODING = {TOPIC_MASK: ENCODING_CLASS_IDS, TOPIC_CONF: ENCODING_CONFIDENCE}
+
+DTYPES = {"uint8": np.dtype(np.uint8)}
+
+MAX_DIM = 16384  # pixels per side; larger is a corrupt header, not a camera
+MAX_HEADER_BYTES = 64 * 1024  # a real header is ~250 bytes; refuse to parse anything huge
+MAX_INT = 2**63 - 1  # every integer fits an int64 in C++/Rust/Java; JS needs BigInt above 2**53
+MAX_NUM_CLASSES = 255  # class ids are uint8 and 255 is "ignore"
+
+NUMBER_OF_FRAMES = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one subclass per way a message can be wrong, so clients can count them separately.
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the wire protocol (docs/PROTOCOL.md)."""
+
+
+class FrameCountError(ProtocolError):
+    """The multipart message does not have exactly three frames."""
+
+
+class UnknownTopicError(ProtocolError):
+    """The topic frame names no topic of this protocol (or the wrong one for the decoder)."""
+
+
+class HeaderJSONError(ProtocolError):
+    """The header frame is not a UTF-8 JSON object."""
+
+
+class MissingFieldError(ProtocolError):
+    """A required header field is absent."""
+
+
+class FieldTypeError(ProtocolError):
+    """A header field has the wrong JSON type."""
+
+
+class UnsupportedVersionError(ProtocolError):
+    """The header's schema version ``v`` is not one this client understands."""
+
+
+class DimensionError(ProtocolError):
+    """Height or width is zero, negative or larger than MAX_DIM, or an integer is out of range."""
+
+
+class UnsupportedDtypeError(ProtocolError):
+    """The dtype or encoding is not one of the protocol's."""
+
+
+class PayloadSizeError(ProtocolError):
+    """The payload does not hold exactly ``height * width * itemsize`` bytes."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Header
+
+
+# name -> JSON type, in the order they are written (the order is cosmetic: clients look up keys).
+_MASK_FIELDS: dict[str, type] = {
+    "v": int,
+    "frame_id": int,
+    "capture_ns": int,
+    "publish_ns": int,
+    "engine_version": int,
+    "height": int,
+    "width": int,
+    "dtype": str,
+    "encoding": str,
+    "num_classes": int,
+}
+
+
+@dataclass
+class MaskHeader:
+    """The JSON header of a ``mask`` or ``conf`` message.
+
+    Times are wall-clock ``time.time_ns()`` integers so that a client on the same host (or a
+    PTP-synchronised one) can compute capture-to-receive latency. ``extra`` holds keys that this
+    version does not define; they survive a decode/encode round trip and are otherwise ignored.
+    """
+
+    frame_id: int
+    capture_ns: int
+    engine_version: int
+    height: int
+    width: int
+    num_classes: int
+    publish_ns: int = 0
+    dtype: str = "uint8"
+    encoding: str = ENCODING_CLASS_IDS
+    v: int = PROTOCOL_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Size the payload frame must have."""
+        return self.height * self.width * DTYPES[self.dtype].itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {name: getattr(self, name) for name in _MASK_FIELDS}
+        return {**self.extra, **fields}
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON; validates first so a publisher cannot emit a bad header."""
+        validate_mask_fields(self.to_dict())
+        return _dump_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> "MaskHeader":
+        """Parse and validate a header frame; raises a specific :class:`ProtocolError`."""
+        obj = parse_json_object(data)
+        validate_mask_fields(obj)
+        known = {name: obj[name] for name in _MASK_FIELDS}
+        extra = {k: v for k, v in obj.items() if k not in _MASK_FIELDS}
+        return cls(**known, extra=extra)
+
+
+def _dump_json(obj: Mapping[str, Any]) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON and other-language parsers reject them.
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise FieldTypeError(f"header is not JSON-serialisable: {err}") from err
+    return text.encode("utf-8")
+
+
+def _reject_constant(name: str) -> None:
+    raise HeaderJSONError(f"header contains {name}, which is not valid JSON")
+
+
+def parse_json_object(data: Any) -> dict[str, Any]:
+    """UTF-8 bytes -> dict, or :class:`HeaderJSONError` saying what is wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise HeaderJSONError(f"header frame must be bytes, got {type(data).__name__}")
+    if len(data) > MAX_HEADER_BYTES:
+        raise HeaderJSONError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        text = bytes(data).decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as err:
+        raise HeaderJSONError(f"header is not UTF-8: {err.reason} at byte {err.start}") from err
+    except RecursionError as err:  # "[[[[...": nesting deeper than the parser's stack
+        raise HeaderJSONError("header JSON is nested too deeply") from err
+    except ValueError as err:  # JSONDecodeError, or an integer with too many digits
+        raise HeaderJSONError(f"header is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise HeaderJSONError(f"header must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _require(obj: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in obj:
+        raise MissingFieldError(f"header is missing required field {name!r}")
+    value = obj[name]
+    # bool is an int subclass in Python, but true/false is not a number in JSON.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise FieldTypeError(
+            f"header field {name!r} must be a JSON {_json_type(kind)}, got {type(value).__name__}"
+        )
+    if kind is int and not 0 <= value <= MAX_INT:
+        raise DimensionError(f"header field {name!r}={value} is outside 0..{MAX_INT}")
+    return value
+
+
+def _json_type(kind: type) -> str:
+    return {int: "integer", str: "string"}.get(kind, kind.__name__)
+
+
+def check_version(obj: Mapping[str, Any]) -> None:
+    """Reject any schema version but ours: a new major version may change any byte."""
+    version = _require(obj, "v", int)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(
+            f"protocol version {version} is not supported (this client speaks v{PROTOCOL_VERSION})"
+        )
+
+
+def validate_mask_fields(obj: Mapping[str, Any]) -> None:
+    """Check a mask/conf header dict: version first, then types, ranges, dtype and encoding."""
+    check_version(obj)
+    for name, kind in _MASK_FIELDS.items():
+        _require(obj, name, kind)
+    for name in ("height", "width"):
+        if not 1 <= obj[name] <= MAX_DIM:
+            raise DimensionError(f"header field {name!r}={obj[name]} is outside 1..{MAX_DIM}")
+    if not 1 <= obj["num_classes"] <= MAX_NUM_CLASSES:
+        raise DimensionError(f"num_classes={obj['num_classes']} is outside 1..{MAX_NUM_CLASSES}")
+    if obj["dtype"] not in DTYPES:
+        raise UnsupportedDtypeError(f"dtype {obj['dtype']!r} is not one of {sorted(DTYPES)}")
+    if obj["encoding"] not in TOPIC_ENCODING.values():
+        raise UnsupportedDtypeError(
+            f"encoding {obj['encoding']!r} is not one of {sorted(TOPIC_ENCODING.values())}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def _frame_bytes(frame: Any) -> memoryview:
+    """A received frame (bytes, or zmq.Frame when received with copy=False) as a memoryview."""
+    buffer = getattr(frame, "buffer", frame)  # zmq.Frame exposes its memory without a copy
+    try:
+        view = memoryview(buffer)
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except (TypeError, ValueError) as err:  # no buffer, or a non-contiguous one
+        raise ProtocolError(f"frame must be contiguous bytes, got {type(frame).__name__}") from err
+
+
+def _split_frames(frames: Any) -> tuple[bytes, memoryview, memoryview]:
+    if not isinstance(frames, (list, tuple)):
+        raise FrameCountError(f"a message is a list of frames, got {type(frames).__name__}")
+    if len(frames) != NUMBER_OF_FRAMES:
+        raise FrameCountError(
+            f"a message has exactly {NUMBER_OF_FRAMES} frames [topic, header, payload], "
+            f"got {len(frames)}"
+        )
+    topic, header, payload = (_frame_bytes(f) for f in frames)
+    return bytes(topic), header, payload
+
+
+def encode_mask_message(topic: bytes, header: MaskHeader, array: np.ndarray) -> list[Any]:
+    """Frames ``[topic, header_json, array]`` ready for ``send_multipart(..., copy=False)``.
+
+    The array itself is the payload frame (no copy): it must not be modified until ZeroMQ has
+    sent it, so publish a fresh array per frame. A non-contiguous array is copied once.
+    """
+    if topic not in TOPIC_ENCODING:
+        raise UnknownTopicError(f"topic {topic!r} carries no map; use one of {list(MAP_TOPICS)}")
+    if header.encoding != TOPIC_ENCODING[topic]:
+        raise UnsupportedDtypeError(
+            f"topic {topic!r} carries encoding {TOPIC_ENCODING[topic]!r}, header says "
+            f"{header.encoding!r}"
+        )
+    header_bytes = header.encode()
+    array = np.asarray(array)
+    if array.dtype != DTYPES[header.dtype] or array.shape != (header.height, header.width):
+        raise PayloadSizeError(
+            f"array {array.dtype}{list(array.shape)} does not match the header "
+            f"{header.dtype}[{header.height}, {header.width}]"
+        )
+    return [topic, header_bytes, np.ascontiguousarray(array)]
+
+
+def decode_mask_message(frames: Sequence[Any]) -> tuple[bytes, MaskHeader, np.ndarray]:
+    """Validate and decode ``[topic, header, payload]`` into (topic, header, (H, W) array).
+
+    The array is a read-only view over the received payload (no copy).
+    """
+    topic, header_frame, payload = _split_frames(frames)
+    if topic not in TOPIC_ENCODING:
+        raise UnknownTopicError(f"topic {topic!r} is not a map topic {list(MAP_TOPICS)}")
+    header = MaskHeader.decode(header_frame)
+    if header.encoding != TOPIC_ENCODING[topic]:
+        raise UnsupportedDtypeError(
+            f"topic {topic!r} must carry {TOPIC_ENCODING[topic]!r}, got {header.encoding!r}"
+        )
+    if payload.nbytes != header.payload_bytes:
+        raise PayloadSizeError(
+            f"payload has {payload.nbytes} bytes, header {header.height}x{header.width} "
+            f"{header.dtype} needs {header.payload_bytes}"
+        )
+    array = np.frombuffer(payload, dtype=DTYPES[header.dtype]).reshape(header.height, header.width)
+    array.flags.writeable = False
+    return topic, header, array
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+STATUS_KINDS = ("heartbeat", "swap", "drop", "adaptation")  # documented kinds; others allowed
+
+
+def encode_status(status: Mapping[str, Any]) -> list[bytes]:
+    """Frames ``[b"status", json, b""]``. Needs a ``kind``; fills ``v`` and ``publish_ns``."""
+    obj = {"v": PROTOCOL_VERSION, "publish_ns": time.time_ns(), **status}
+    validate_status_fields(obj)
+    return [TOPIC_STATUS, _dump_json(obj), b""]
+
+
+def validate_status_fields(obj: Mapping[str, Any]) -> None:
+    check_version(obj)
+    _require(obj, "kind", str)
+    _require(obj, "publish_ns", int)
+
+
+def decode_status(frames: Sequence[Any]) -> dict[str, Any]:
+    """Validate and decode a status message into its JSON dict (payload frame ignored)."""
+    topic, header_frame, _payload = _split_frames(frames)
+    if topic != TOPIC_STATUS:
+        raise UnknownTopicError(f"topic {topic!r} is not {TOPIC_STATUS!r}")
+    obj = parse_json_object(header_frame)
+    validate_status_fields(obj)
+    return obj
