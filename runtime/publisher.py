@@ -1,0 +1,161 @@
+"""ZeroMQ PUB side of the wire protocol: never blocks the inference loop.
+
+Every send is ``zmq.NOBLOCK`` on a PUB socket with a small send high-water mark. A PUB socket
+keeps one queue per subscriber and, when a subscriber's queue is full, drops the message *for that
+subscriber only*, so a slow or dead client loses frames while the loop and the other clients go on.
+libzmq does not report those per-subscriber drops; ``counters.dropped`` counts the messages the
+socket refused outright (``zmq.Again``), which the loop sees.
+
+Not yet here: CURVE encryption (``zmq.CURVE_SERVER`` with a server key pair). Until it exists a
+non-loopback address is refused unless the caller passes ``allow_remote=True`` (``--insecure``).
+
+A socket is not thread-safe: publish from one thread (the inference loop).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import numpy as np
+import zmq
+
+from iapc.errors import UserError
+from iapc.runtime.protocol import TOPIC_MASK, MaskHeader, encode_mask_message, encode_status
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+# Messages queued per subscriber before that subscriber's messages are dropped: about two frames
+# of mask + conf + status. Small on purpose: a stale mask is worse than a missing one.
+DEFAULT_SNDHWM = 8
+
+
+@dataclass
+class PublisherCounters:
+    masks_published: int = 0
+    status_published: int = 0
+    dropped: int = 0  # refused by the socket (zmq.Again); per-subscriber drops are not visible
+    bytes_published: int = 0
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (brackets allowed)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an interface or host name: treat as remote
+        return False
+
+
+def check_bind_address(address: str, allow_remote: bool) -> None:
+    """Refuse malformed addresses and, unless allowed, any that reaches beyond this machine."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise UserError(
+            f"bad address {address!r}: use tcp://HOST:PORT (e.g. {DEFAULT_ADDRESS}), ipc://PATH "
+            "or inproc://NAME"
+        )
+    if scheme != "tcp":
+        return  # ipc and inproc never leave the machine
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not (port == "*" or port.isdigit()):
+        raise UserError(f"bad address {address!r}: use tcp://HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    if not allow_remote and not is_loopback_host(host):
+        raise UserError(
+            f"binding {host} exposes the masks to the network: pass --curve-keys DIR or "
+            "--insecure"
+        )
+
+
+class MaskPublisher:
+    """Publishes masks, confidence maps and status on one PUB socket.
+
+    >>> with MaskPublisher("tcp://127.0.0.1:*") as pub:
+    ...     pub.publish_mask(header, mask)   # (H, W) uint8, sent without copying
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        sndhwm: int = DEFAULT_SNDHWM,
+        linger: int = 0,
+        allow_remote: bool = False,
+        stamp_publish_time: bool = True,
+        context: zmq.Context | None = None,
+    ) -> None:
+        check_bind_address(address, allow_remote)
+        self.stamp_publish_time = stamp_publish_time
+        self.counters = PublisherCounters()
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self._socket.setsockopt(zmq.LINGER, linger)  # close() never waits on a dead subscriber
+        self._closed = False
+        try:
+            self._socket.bind(address)
+        except zmq.ZMQError as err:
+            self.close()
+            raise UserError(
+                f"cannot bind {address}: {err.strerror}; pick a free port with --address or stop "
+                "the process that holds it"
+            ) from err
+        # The resolved address: "tcp://127.0.0.1:*" becomes the real port.
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def publish_mask(self, header: MaskHeader, mask: np.ndarray, topic: bytes = TOPIC_MASK) -> bool:
+        """Send one (H, W) uint8 map without copying; False if the socket dropped it.
+
+        ``publish_ns`` is stamped here unless ``stamp_publish_time=False``. Do not modify ``mask``
+        afterwards: ZeroMQ reads it from the I/O thread after this call returns.
+        """
+        if self.stamp_publish_time:
+            header = replace(header, publish_ns=time.time_ns())
+        frames = encode_mask_message(topic, header, mask)
+        if not self._send(frames):
+            return False
+        self.counters.masks_published += 1
+        self.counters.bytes_published += header.payload_bytes
+        return True
+
+    def publish_status(self, status: Mapping[str, Any]) -> bool:
+        """Send one status message (needs a ``kind``); False if the socket dropped it."""
+        if not self._send(encode_status(status)):
+            return False
+        self.counters.status_published += 1
+        return True
+
+    def _send(self, frames: list[Any]) -> bool:
+        if self._closed:
+            raise RuntimeError("MaskPublisher is closed: create a new one to publish")
+        try:
+            # copy=False: the array's buffer is handed to libzmq (pyzmq still copies parts under
+            # zmq.COPY_THRESHOLD, 64 KiB, where copying is cheaper than tracking).
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters.dropped += 1
+            return False
+        return True
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket (and its context if owned); safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.close()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> "MaskPublisher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
