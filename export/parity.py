@@ -1,0 +1,123 @@
+"""The parity gate: an engine is published only if its masks agree with PyTorch's.
+
+The reference is the PyTorch model run through the very graph that was exported
+(:class:`~iapc.export.onnx_export.SegmentationGraph`), so the comparison covers pre- and
+post-processing as well as the network. Frames come from a folder of recorded images or, when
+none are given, from :func:`synthetic_frames`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from iapc.errors import UserError
+from iapc.export.runner_base import Runner, check_frames
+from iapc.export.runner_torch import TorchRunner
+
+if TYPE_CHECKING:
+    from torch import nn
+
+FP32_MIN_AGREEMENT = 0.995
+REDUCED_PRECISION_MIN_AGREEMENT = 0.99  # fp16 engines flip a few boundary pixels
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    agreement: float  # fraction of pixels whose class ids are equal, 0..1
+    passed: bool
+    min_agreement: float
+    frames: int
+    message: str
+
+
+def default_min_agreement(reduced_precision: bool) -> float:
+    return REDUCED_PRECISION_MIN_AGREEMENT if reduced_precision else FP32_MIN_AGREEMENT
+
+
+def _report(agreement: float, min_agreement: float, frames: int) -> ParityReport:
+    passed = agreement >= min_agreement
+    if passed:
+        message = f"pixel agreement {agreement:.2%} >= required {min_agreement:.2%}"
+    else:
+        short = (min_agreement - agreement) * 100
+        message = (f"pixel agreement {agreement:.2%} < required {min_agreement:.2%} "
+                   f"(short by {short:.2f} points)")
+    return ParityReport(agreement, passed, min_agreement, frames, message)
+
+
+def _masks(runner: Runner, frames: np.ndarray) -> list[np.ndarray]:
+    """One frame at a time, so engines built for batch 1 work too: list of uint8 (H, W)."""
+    return [runner.infer(frames[i:i + 1])["mask"][0] for i in range(len(frames))]
+
+
+def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterable[np.ndarray],
+                 min_agreement: float = FP32_MIN_AGREEMENT) -> ParityReport:
+    """Compare ``runner``'s masks with PyTorch's on ``frames`` (uint8 (N, H, W, 3) BGR).
+
+    ``runner`` is activated (and deactivated afterwards) if it is not active yet.
+    """
+    frames = frames if isinstance(frames, np.ndarray) else np.stack(list(frames))
+    check_frames(frames)
+    if len(frames) == 0:
+        raise UserError("the parity gate needs at least one frame")
+    with TorchRunner(model) as reference:
+        expected = _masks(reference, frames)
+    was_active = runner.is_active
+    runner.activate()
+    try:
+        got = _masks(runner, frames)
+    finally:
+        if not was_active:
+            runner.deactivate()
+    equal = sum(int((a == b).sum()) for a, b in zip(expected, got))
+    total = sum(a.size for a in expected)
+    return _report(equal / total, min_agreement, len(frames))
+
+
+def synthetic_frames(count: int, frame_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """uint8 (count, H, W, 3) BGR street-like frames: sky and road gradients, blocks, noise.
+
+    Structured rather than pure noise, so the network's outputs have regions and boundaries
+    like on real frames (pure noise makes argmax ties, and the gate would test rounding only).
+    """
+    width, height = frame_size
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]  # (H, 1, 1)
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    for i in range(count):
+        sky, road = rng.uniform(60, 255, 3), rng.uniform(20, 140, 3)
+        image = (1 - rows) * sky + rows * road  # (H, 1, 3) vertical gradient
+        image = np.broadcast_to(image, (height, width, 3)).copy()
+        for _ in range(rng.integers(3, 8)):  # buildings, cars, signs
+            x0, y0 = rng.integers(0, width), rng.integers(0, height)
+            w, h = rng.integers(width // 16 + 1, width // 3 + 2), rng.integers(height // 16 + 1, height // 2 + 2)
+            image[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, 6, image.shape)
+        frames[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames
+
+
+def load_frames(folder: str | os.PathLike, frame_size: tuple[int, int], limit: int = 8) -> np.ndarray:
+    """Up to ``limit`` images under ``folder`` (sorted), resized to (W, H): uint8 (N, H, W, 3) BGR."""
+    import cv2
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"frames folder {folder} does not exist: give a folder of recorded images "
+                        "or 'synthetic'")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    frames = []
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # (h, w, 3) BGR
+        if image is None:
+            raise UserError(f"{path} could not be read as an image")
+        frames.append(cv2.resize(image, frame_size, interpolation=cv2.INTER_AREA))
+    return np.stack(frames)
