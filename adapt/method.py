@@ -1,0 +1,323 @@
+"""One IAPC adaptation step and the pieces around it: the three networks, the optimiser, the
+learning-rate schedule, the EMA memory and offline pseudo-labels (see ``METHOD.md``).
+
+Typical use::
+
+    source, memory, target = make_networks(build_model("tiny"))
+    optimizer = make_optimizer(target, cfg)
+    state = AdaptState.new(target.num_classes)
+    for batch in frames:  # uint8 (N, 3, H, W) RGB
+        stats = adaptation_step(source, memory, target, batch, optimizer, state, cfg)
+
+Memory cost: three copies of the model's weights (source, memory, target) plus the SGD
+momentum buffer of the target's trainable parameters, i.e. about 4x the model size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iapc.adapt.augment import photometric_augment, random_rescale_crop
+from iapc.adapt.losses import ClassBalanceState, get_preset, iapc_losses, upsample
+from iapc.adapt.preprocessing import normalize
+from iapc.errors import UserError
+
+SCHEDULES = ("poly", "constant")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_KEYS = ("ia", "im", "ps", "pe", "total")
+
+
+@dataclass
+class AdaptConfig:
+    """Everything one adaptation run depends on; saved beside every checkpoint (``to_dict``).
+
+    ``schedule``: ``"poly"`` is the paper's warm-up then ``(1 - i/max_iters)^power`` decay, for
+    a fixed number of iterations. ``"constant"`` keeps the same warm-up and then holds ``lr``,
+    for streams that never end (poly decay would reach 0 at ``max_iters`` and stop adapting).
+    ``amp_dtype``: ``"bf16"`` or ``"fp16"`` autocast for the forward passes (CUDA only); the
+    losses are always computed in float32.
+    """
+
+    preset: str = "paper"
+    lr: float = 1e-4
+    classifier_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    warmup_iters: int = 5000
+    warmup_factor: float = 0.1
+    max_iters: int = 100000
+    power: float = 0.9
+    ema_alpha: float = 0.9999
+    crop: tuple[int, int] = (256, 512)  # (height, width)
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    class_balance: bool = True
+    amp_dtype: str | None = None
+    channels_last: bool = False
+    schedule: str = "poly"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.crop = tuple(int(v) for v in self.crop)
+        self.scale_range = tuple(float(v) for v in self.scale_range)
+        get_preset(self.preset)
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
+            raise UserError(f"unknown amp_dtype {self.amp_dtype!r}: use 'bf16', 'fp16' or None")
+        if len(self.crop) != 2 or min(self.crop) <= 0:
+            raise UserError(f"crop {self.crop} is not a (height, width) of positive sizes: use e.g. (256, 512)")
+        if not 0.0 <= self.ema_alpha <= 1.0:
+            raise UserError(f"ema_alpha {self.ema_alpha} is outside [0, 1]: the paper uses 0.9999")
+        if self.max_iters <= 0 or self.warmup_iters < 0:
+            raise UserError("max_iters must be positive and warmup_iters non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-friendly values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "AdaptConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown adaptation option(s) {', '.join(unknown)}: "
+                            f"valid ones are {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+@dataclass
+class AdaptState:
+    """What a step carries to the next besides the weights: the step counter (drives the
+    schedule), the class-balance EMA, and the fp16 gradient scaler when one is used."""
+
+    step: int
+    class_balance: ClassBalanceState
+    grad_scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
+
+    @classmethod
+    def new(cls, num_classes: int, device: torch.device | str | None = None) -> "AdaptState":
+        return cls(step=0, class_balance=ClassBalanceState(num_classes, device))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"step": int(self.step), "class_balance": self.class_balance.state_dict()}
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.class_balance.load_state_dict(state["class_balance"])
+        if "grad_scaler" in state and self.grad_scaler is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+def _batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def freeze_bn_affine(model: nn.Module) -> nn.Module:
+    """BatchNorm weight and bias get ``requires_grad=False``; the layers stay in whatever mode
+    they are (train mode in ``T``, so running statistics follow the target batches)."""
+    for bn in _batch_norms(model):
+        for param in (bn.weight, bn.bias):
+            if param is not None:
+                param.requires_grad_(False)
+    return model
+
+
+def make_networks(source_model: nn.Module, channels_last: bool = False
+                  ) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """``(S, M, T)``: three deep copies of the source model.
+
+    ``S``: eval mode, no gradients, never updated. ``M``: eval mode, no gradients, updated only
+    by :func:`ema_update` (parameters by EMA, BN buffers copied from ``T``, so in eval mode it
+    normalises with ``T``'s target statistics). ``T``: train mode, trainable except the
+    BatchNorm affine parameters.
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    source = copy.deepcopy(source_model).to(memory_format=memory_format).eval().requires_grad_(False)
+    memory = copy.deepcopy(source_model).to(memory_format=memory_format).eval().requires_grad_(False)
+    target = copy.deepcopy(source_model).to(memory_format=memory_format).train().requires_grad_(True)
+    freeze_bn_affine(target)
+    return source, memory, target
+
+
+def learning_rate(step: int, cfg: AdaptConfig) -> float:
+    """The backbone learning rate at ``step`` (the classifier's is ``classifier_lr_mult`` times it).
+
+    ``lr * warm(i) * decay(i)``: ``warm`` rises linearly from ``warmup_factor`` to 1 over
+    ``warmup_iters`` and then stays 1; ``decay`` is ``max(0, 1 - i/max_iters)^power`` for the
+    ``poly`` schedule (so it never goes negative past ``max_iters``) and 1 for ``constant``.
+    Multiplying, rather than starting the decay after the warm-up, keeps it continuous.
+    """
+    if step < cfg.warmup_iters:
+        warm = cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_iters
+    else:
+        warm = 1.0
+    decay = max(0.0, 1.0 - step / cfg.max_iters) ** cfg.power if cfg.schedule == "poly" else 1.0
+    return cfg.lr * warm * decay
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: AdaptConfig) -> float:
+    """Sets every group's lr for ``step`` (times its ``lr_mult``); returns the backbone lr."""
+    lr = learning_rate(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    return lr
+
+
+def make_optimizer(target: nn.Module, cfg: AdaptConfig) -> torch.optim.SGD:
+    """SGD (Nesterov) over the trainable parameters: backbone at lr, classifier at 10x lr."""
+    groups = target.parameter_groups()
+    grouped = {id(p) for params in groups.values() for p in params}
+    stray = [name for name, p in target.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if stray:
+        raise UserError(f"model parameters {stray[:3]} are trainable but in no parameter group: "
+                        "list them in the model's parameter_groups()")
+    param_groups = []
+    for name, mult in (("backbone", 1.0), ("classifier", cfg.classifier_lr_mult)):
+        params = [p for p in groups.get(name, []) if p.requires_grad]
+        if params:
+            param_groups.append({"params": params, "name": name, "lr_mult": mult})
+    if not param_groups:
+        raise UserError("the target network has no trainable parameters: build it with make_networks")
+    optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    set_learning_rate(optimizer, 0, cfg)
+    return optimizer
+
+
+@torch.no_grad()
+def ema_update(memory: nn.Module, target: nn.Module, alpha: float) -> None:
+    """``theta_M <- alpha * theta_M + (1 - alpha) * theta_T`` for all parameters (one fused
+    ``_foreach`` call per operation), and every buffer (BN running stats) copied from ``T``."""
+    memory_params, target_params = list(memory.parameters()), list(target.parameters())
+    memory_buffers, target_buffers = list(memory.buffers()), list(target.buffers())
+    if len(memory_params) != len(target_params) or len(memory_buffers) != len(target_buffers):
+        raise UserError("memory and target networks differ in structure: build both with make_networks")
+    torch._foreach_mul_(memory_params, alpha)
+    torch._foreach_add_(memory_params, target_params, alpha=1.0 - alpha)
+    torch._foreach_copy_(memory_buffers, target_buffers)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(cfg: AdaptConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.amp_dtype is None:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise UserError(f"amp_dtype={cfg.amp_dtype!r} needs a CUDA device, the networks are on "
+                        f"{device.type}: set amp_dtype to None")
+    return torch.autocast("cuda", dtype=AMP_DTYPES[cfg.amp_dtype])
+
+
+def _network_input(images_u8: torch.Tensor, model: nn.Module, cfg: AdaptConfig) -> torch.Tensor:
+    x = normalize(images_u8, model.norm)  # float32 (N, 3, h, w)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def _grad_scaler(state: AdaptState, cfg: AdaptConfig) -> torch.amp.GradScaler | None:
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
+    if cfg.amp_dtype == "fp16" and state.grad_scaler is None:
+        state.grad_scaler = torch.amp.GradScaler("cuda")
+    return state.grad_scaler if cfg.amp_dtype == "fp16" else None
+
+
+def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, batch: torch.Tensor,
+                    optimizer: torch.optim.Optimizer, state: AdaptState, cfg: AdaptConfig,
+                    pseudo_label: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> dict[str, float]:
+    """One IAPC step on a uint8 (N, 3, H, W) RGB batch, in the released code's order.
+
+    1. EMA update of ``M`` from ``T``;
+    2. views: ``x1`` (rescaled crop), ``x0`` (un-rescaled crop), ``x2`` (photometric ``x1``);
+    3. ``S(x1)`` and ``M(x0)`` without autograd;
+    4. ``y_hat``: the cropped offline ``pseudo_label`` (N, H, W) if given, else
+       ``argmax up(S(x1))`` (streaming);
+    5. ``T(x2)``, :func:`~iapc.adapt.losses.iapc_losses`, backward, SGD step, next lr.
+
+    Returns the weighted loss terms ``ia, im, ps, pe, total``, the ``lr`` used and ``skipped``.
+    A non-finite loss skips the optimiser step (and the step counter) and returns
+    ``skipped=True``; the caller is expected to roll back (BN statistics and class-balance
+    state have already seen the batch).
+    """
+    device = _device_of(target)
+    batch = batch.to(device)
+    if pseudo_label is not None:
+        pseudo_label = pseudo_label.to(device)
+
+    ema_update(memory, target, cfg.ema_alpha)
+    views = random_rescale_crop(batch, cfg.crop, cfg.scale_range, label=pseudo_label, generator=generator)
+    x2 = photometric_augment(views.x1, generator)
+
+    with torch.inference_mode(), _autocast(cfg, device):
+        source_logits, _ = source(_network_input(views.x1, source, cfg))  # (N, K, h, w)
+        memory_logits, memory_feats = memory(_network_input(views.x0, memory, cfg))
+    # Inference tensors cannot enter autograd graphs; clones outside inference mode can.
+    source_logits, memory_logits, memory_feats = (
+        t.clone() for t in (source_logits, memory_logits, memory_feats))
+    if views.label is not None:
+        label = views.label  # (N, H, W) offline pseudo-label cropped like x1
+    else:
+        label = upsample(source_logits.float(), cfg.crop).argmax(dim=1)  # (N, H, W)
+
+    with _autocast(cfg, device):
+        target_logits, target_feats = target(_network_input(x2, target, cfg))
+    losses = iapc_losses(target_logits, target_feats, source_logits, memory_logits, memory_feats,
+                         label, preset=cfg.preset, state=state.class_balance,
+                         class_balance=cfg.class_balance)
+
+    optimizer.zero_grad(set_to_none=True)
+    scaler = _grad_scaler(state, cfg)
+    (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
+    # The step's only host sync: the loss values, needed for telemetry and the finiteness check.
+    values = dict(zip(LOSS_KEYS, torch.stack([losses[k].detach() for k in LOSS_KEYS]).tolist()))
+    lr = learning_rate(state.step, cfg)
+    if not all(math.isfinite(v) for v in values.values()):
+        optimizer.zero_grad(set_to_none=True)
+        return {**values, "lr": lr, "skipped": True}
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    set_learning_rate(optimizer, state.step + 1, cfg)
+    state.step += 1
+    return {**values, "lr": lr, "skipped": False}
+
+
+@torch.inference_mode()
+def generate_pseudo_labels(source: nn.Module, images_u8: torch.Tensor,
+                           scales: tuple[float, ...] = (0.75, 1.0, 1.25), flip: bool = True
+                           ) -> torch.Tensor:
+    """Offline pseudo-labels as the released code: softmax averaged over ``scales`` and (with
+    ``flip``) horizontal flips, each upsampled to the image size, then argmax.
+
+    ``images_u8`` uint8 (N, 3, H, W) RGB -> uint8 (N, H, W). ``source`` should be in eval mode.
+    """
+    if source.num_classes > 255:
+        raise UserError(f"{source.num_classes} classes do not fit uint8 pseudo-labels (255 is ignore)")
+    device = _device_of(source)
+    x = normalize(images_u8.to(device), source.norm)  # (N, 3, H, W)
+    size = tuple(x.shape[-2:])
+    prob_sum = torch.zeros(x.shape[0], source.num_classes, *size, device=device)
+    for scale in scales:
+        scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        xs = x if scaled_size == size else F.interpolate(x, size=scaled_size, mode="bilinear",
+                                                          align_corners=True)
+        for flipped in ((False, True) if flip else (False,)):
+            logits, _ = source(xs.flip(-1) if flipped else xs)  # (N, K, h, w)
+            logits = logits.flip(-1) if flipped else logits
+            prob_sum += upsample(logits.float(), size).softmax(dim=1)
+    return prob_sum.argmax(dim=1).to(torch.uint8)
