@@ -1,0 +1,151 @@
+"""mIoU of a segmentation model on a labelled root, and the ``iapc evaluate`` command.
+
+Protocol (as in the paper): each image is resized to the evaluation input size (1024x512 by
+default), normalised with the model's :class:`~iapc.adapt.preprocessing.NormSpec`, and its logits
+are upsampled bilinearly (``align_corners=True``) to the label's own resolution before the argmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from iapc.errors import UserError
+
+if TYPE_CHECKING:  # torch stays out of ``iapc --help``
+    import torch
+    from torch import nn
+
+    from iapc.adapt.data import Sample
+    from iapc.adapt.metrics import SegmentationScores
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x512"`` -> ``(1024, 512)`` (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size {text!r} is not WIDTHxHEIGHT: write e.g. 1024x512") from None
+    if width <= 0 or height <= 0:
+        raise UserError(f"size {text!r} must be positive, e.g. 1024x512")
+    return width, height
+
+
+def resolve_device(name: str) -> "torch.device":
+    """``"auto"`` picks CUDA when present, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is visible: use --device cpu")
+    return torch.device(name)
+
+
+def predict_train_ids(model: "nn.Module", images_rgb: "torch.Tensor",
+                      label_size: tuple[int, int]) -> "torch.Tensor":
+    """uint8 (N, 3, h, w) RGB -> int64 (N, H, W) train ids at ``label_size`` = (H, W)."""
+    import torch.nn.functional as F
+
+    from iapc.adapt.preprocessing import normalize
+
+    logits, _ = model(normalize(images_rgb, model.norm))  # (N, K, h/os, w/os)
+    logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=True)
+    return logits.argmax(1)
+
+
+def _load_eval_pair(sample: "Sample", size: tuple[int, int]):
+    """(image BGR resized to ``size``, train ids at native resolution)."""
+    import cv2
+
+    from iapc.adapt.data import read_image_bgr, read_train_ids
+
+    if sample.label is None:
+        raise UserError(f"{sample.image} has no label file: evaluate on a labelled split "
+                        "(gtFine/<split>/*_gtFine_labelIds.png)")
+    image = read_image_bgr(sample.image)
+    if (image.shape[1], image.shape[0]) != tuple(size):
+        image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
+    return image, read_train_ids(sample.label)
+
+
+def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[int, int] = (1024, 512),
+                  batch_size: int = 2, classes: str = "19", device: "str | torch.device" = "cpu",
+                  progress: bool = False) -> "SegmentationScores":
+    """Confusion-matrix scores of ``model`` on labelled ``samples`` (model left in eval mode)."""
+    import numpy as np
+    import torch
+
+    from iapc.adapt.metrics import ConfusionMatrix
+    from iapc.adapt.preprocessing import camera_to_rgb
+
+    if not samples:
+        raise UserError("nothing to evaluate: the sample list is empty")
+    if batch_size < 1:
+        raise UserError("batch size must be at least 1")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model.eval().to(dev)
+    metric = ConfusionMatrix(model.num_classes)
+    chunks = range(0, len(samples), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="evaluate", unit="batch")
+    with torch.inference_mode():
+        for start in chunks:
+            pairs = [_load_eval_pair(s, size) for s in samples[start:start + batch_size]]
+            rgb = camera_to_rgb(torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev))  # (N, 3, h, w)
+            for i, (_, label) in enumerate(pairs):  # labels may differ in size: one by one
+                pred = predict_train_ids(model, rgb[i:i + 1], label.shape)[0]
+                metric.update(pred.cpu(), label)
+    return metric.compute(classes)
+
+
+def evaluate_model(model: "nn.Module", samples: Sequence["Sample"], size: tuple[int, int] = (1024, 512),
+                   batch_size: int = 2, classes: str = "19", device: "str | torch.device" = "cpu",
+                   progress: bool = False) -> dict[str, Any]:
+    """:func:`score_samples` as a dict: ``{"miou", "accuracy", "classes", "iou": {name: IoU or
+    None}, "images"}``; IoU values are fractions in [0, 1]."""
+    scores = score_samples(model, samples, size, batch_size, classes, device, progress)
+    return {**scores.to_dict(), "images": len(samples)}
+
+
+def labelled_samples(root: str | Path, split: str = "val") -> list["Sample"]:
+    """Every labelled image of ``root``/``split``; a :class:`UserError` if there is none."""
+    from iapc.adapt.data import find_samples
+
+    samples = [s for s in find_samples(root, split) if s.label is not None]
+    if not samples:
+        raise UserError(f"{root} has no labelled images in split {split!r}: "
+                        "pass a labelled --root/--split")
+    return samples
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model file (iapc or released format)")
+    parser.add_argument("--model", default=None, help="architecture, if the file does not record it")
+    parser.add_argument("--root", required=True, help="labelled Cityscapes- or GTA5-layout root")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--size", default="1024x512", type=parse_size, help="input WxH")
+    parser.add_argument("--classes", default="19", choices=("19", "16", "13"),
+                        help="mIoU over 19 Cityscapes classes, or SYNTHIA's 16 / 13")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.metrics import format_table
+
+    model, _meta = load_model(args.checkpoint, args.model)
+    samples = labelled_samples(args.root, args.split)
+    scores = score_samples(model, samples, size=args.size, batch_size=args.batch,
+                           classes=args.classes, device=args.device, progress=True)
+    print(format_table(scores))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**scores.to_dict(), "images": len(samples)}, indent=2))
+    return 0
