@@ -1,0 +1,67 @@
+"""The embedded default source model: a small network trained on the synthetic source domain.
+
+Used when no checkpoint is given (``iapc-runtime`` with no options, ``iapc demo``). It is trained
+once on first use and cached under ``$IAPC_CACHE`` (default ``~/.cache/iapc``); the synthetic
+source domain it learns from is written beside it.
+
+``python -m iapc.adapt.embedded --out FILE`` trains it (the runtime calls this in a child process
+so that its own processes stay free of training work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from iapc.errors import run_cli
+
+EMBEDDED_SIZE = (256, 128)  # (width, height) of the synthetic frames and the engine input
+EMBEDDED_TRAIN_IMAGES = 300
+EMBEDDED_ITERS = 1500
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IAPC_CACHE", Path.home() / ".cache" / "iapc"))
+
+
+def synthetic_root(domain: str, train: int = EMBEDDED_TRAIN_IMAGES, val: int = 40,
+                   size: tuple[int, int] = EMBEDDED_SIZE, seed: int = 0) -> Path:
+    """A synthetic domain in the Cityscapes layout, written on first use into the cache."""
+    from iapc.adapt.synth import write_domain
+
+    root = cache_dir() / "synthetic" / f"{domain}_{size[0]}x{size[1]}_{train}_{val}_s{seed}"
+    done = root / ".complete"
+    if not done.is_file():
+        write_domain(root, domain, split_sizes={"train": train, "val": val}, size=size, seed=seed)
+        done.touch()
+    return root
+
+
+def ensure_source_model(model: str = "tiny", out: Path | None = None, iters: int = EMBEDDED_ITERS,
+                        progress: bool = True) -> Path:
+    """The cached source checkpoint, trained on the synthetic source domain if missing."""
+    from iapc.adapt.data import find_cityscapes
+    from iapc.adapt.train_source import TrainConfig, train_source
+
+    out = out or cache_dir() / "embedded" / f"source_{model}.pt"
+    if out.is_file():
+        return out
+    root = synthetic_root("source")
+    cfg = TrainConfig(model=model, iters=iters, size=EMBEDDED_SIZE)
+    train_source(model, find_cityscapes(root, "train"), cfg, out=out, progress=progress)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m iapc.adapt.embedded")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--iters", type=int, default=EMBEDDED_ITERS)
+    args = parser.parse_args(argv)
+    return run_cli("iapc-runtime", lambda: (print(ensure_source_model(args.model, args.out, args.iters)), 0)[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The runtime's configuration: one typed dataclass, read from YAML, overridden from the command
+line, saved beside every run. ``None`` means "use the default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iapc.errors import UserError
+
+
+def default_cache_dir() -> Path:
+    """Where first-use artefacts (synthetic data, the embedded source model) are cached."""
+    from iapc.adapt.embedded import cache_dir
+
+    return cache_dir()
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "synthetic"  # camera | video | images | cityscapes | synthetic
+    location: str = "fog"  # device path, file, folder, or synthetic domain name
+    fps: float | None = 15.0  # pacing for file and synthetic sources; None = as fast as possible
+    loop: bool = False  # restart file sources at the end
+    max_frames: int | None = None  # stop after this many frames (tests, benchmarks)
+    seed: int = 0
+
+
+@dataclass
+class AdaptationConfig:
+    enabled: bool = True
+    preset: str = "paper"
+    batch_size: int = 2
+    buffer_size: int = 64  # recent frames kept by the daemon
+    crop: tuple[int, int] = (128, 256)  # (height, width) of IAPC crops
+    lr: float = 1e-3
+    warmup_iters: int = 20
+    ema_alpha: float = 0.999
+    export_every_steps: int = 50
+    export_every_seconds: float | None = None
+    sample_every: int = 2  # offer every k-th frame to the daemon
+    threads: int = 1  # torch threads in the daemon: it must not starve inference
+    nice: int = 10  # CPU priority of the daemon relative to the loop
+    min_agreement: float = 0.995  # parity gate
+    seed: int = 0
+
+
+@dataclass
+class RuntimeConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    model: str = "tiny"
+    checkpoint: str | None = None  # None: the embedded synthetic source model (trained on first use)
+    num_classes: int = 19
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
+    input_size: tuple[int, int] = (256, 128)  # (width, height) the engine runs at
+    publish: str = "tcp://127.0.0.1:5555"
+    metrics_port: int | None = None
+    store: str | None = None  # engine store folder; None: <run_dir>/store
+    run_dir: str | None = None  # state of this runtime (store, adaptation checkpoint, logs)
+    keep_versions: int = 5
+    inference_threads: int = 1
+    curve_keys: str | None = None
+    insecure: bool = False
+    confidence: bool = False
+    status_every: float = 1.0  # seconds between status heartbeats
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RuntimeConfig":
+        return _from_dict(cls, data, "config")
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else default_cache_dir() / "run"
+
+    def resolved_store(self) -> Path:
+        return Path(self.store) if self.store else self.resolved_run_dir() / "store"
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping of option: value, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"unknown option {where}.{unknown[0]}: known options are "
+                        f"{', '.join(sorted(fields))}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            values[name] = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def load_yaml_config(path: str | os.PathLike) -> RuntimeConfig:
+    """A :class:`RuntimeConfig` from a YAML file (keys as in ``RuntimeConfig.to_dict()``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
+    return RuntimeConfig.from_dict(data)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x512' -> (1024, 512) as (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 1024x512") from None
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise UserError(f"size {text!r} must be positive multiples of 8, e.g. 1024x512")
+    return width, height

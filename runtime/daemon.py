@@ -1,0 +1,223 @@
+"""The adaptation daemon: IAPC on the live stream, exported into the engine store.
+
+Started by the supervisor as ``python -m iapc.runtime.daemon --config RUN/config.json``. It
+receives sampled frames from the inference process, keeps a buffer of recent ones, runs the
+streaming variant of IAPC (pseudo-labels from the source model on the fly, batches drawn from the
+buffer, constant learning rate after warm-up), and every N steps or T seconds exports the target
+network, checks parity, publishes a new engine version and announces it.
+
+It must not starve inference: torch threads are capped and the process runs at a lower CPU
+priority. Everything it needs to resume (target, memory, optimiser, class-balance state, step) is
+written to ``RUN/adaptation.pt`` after every deployed version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iapc.adapt.checkpoint import load_model
+from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, make_networks,
+                               make_optimizer)
+from iapc.adapt.preprocessing import camera_to_rgb
+from iapc.errors import UserError, run_cli
+from iapc.export.onnx_export import export_onnx
+from iapc.export.parity import check_parity
+from iapc.export.runners import make_runner
+from iapc.export.store import EngineStore
+from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.handoff import EventSender, FrameReceiver
+from iapc.runtime.inference import ipc_address
+
+log = logging.getLogger("iapc.runtime.daemon")
+
+
+def method_config(cfg: RuntimeConfig) -> AdaptConfig:
+    """The streaming IAPC settings: constant lr after warm-up, EMA and crop from the config."""
+    a = cfg.adaptation
+    return AdaptConfig(preset=a.preset, lr=a.lr, warmup_iters=a.warmup_iters,
+                       ema_alpha=a.ema_alpha, crop=a.crop, schedule="constant", seed=a.seed)
+
+
+def lower_priority(nice: int, threads: int) -> None:
+    """Leave the CPU to the inference loop: fewer threads, lower scheduling priority."""
+    torch.set_num_threads(max(1, threads))
+    torch.set_num_interop_threads(1)
+    if nice > 0:
+        os.nice(nice)
+
+
+class AdaptationDaemon:
+    def __init__(self, cfg: RuntimeConfig, checkpoint: str):
+        self.cfg = cfg
+        self.method = method_config(cfg)
+        self.run_dir = cfg.resolved_run_dir()
+        self.state_path = self.run_dir / "adaptation.pt"
+        self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
+        model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
+        self.source, self.memory, self.target = make_networks(model)
+        self.optimizer = make_optimizer(self.target, self.method)
+        self.state = AdaptState.new(model.num_classes)
+        self.generator = torch.Generator().manual_seed(cfg.adaptation.seed)
+        self.buffer: deque[np.ndarray] = deque(maxlen=cfg.adaptation.buffer_size)
+        self.rng = np.random.default_rng(cfg.adaptation.seed)
+        self.deployed_step = 0
+        self.last_export = time.monotonic()
+        self.stopping = False
+        self.losses: dict = {}
+
+    # persistence -------------------------------------------------------------------------------
+    def save_state(self, version: int) -> None:
+        payload = {"target": self.target.state_dict(), "memory": self.memory.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "adapt_state": self.state.state_dict(),
+                   "version": int(version), "config": self.method.to_dict()}
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.state_path)
+        self.deployed_step = self.state.step
+
+    def resume(self) -> bool:
+        """Load the last deployed adaptation state, if any; False when starting fresh."""
+        if not self.state_path.is_file():
+            return False
+        try:
+            payload = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            self.target.load_state_dict(payload["target"])
+            self.memory.load_state_dict(payload["memory"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.state.load_state_dict(payload["adapt_state"])
+        except Exception as err:  # a damaged state file: start again from the source model
+            log.error("cannot resume from %s (%s): starting from the source model",
+                      self.state_path, err)
+            return False
+        self.deployed_step = self.state.step
+        log.info("resumed adaptation at step %d (engine v%s)", self.state.step, payload["version"])
+        return True
+
+    rollback = resume  # a rejected or non-finite step returns to the last deployed state
+
+    # export ------------------------------------------------------------------------------------
+    def parity_frames(self) -> np.ndarray:
+        """uint8 (N, H, W, 3) BGR: recent frames, or mid-grey when none have arrived yet."""
+        width, height = self.cfg.input_size
+        if not self.buffer:
+            return np.full((1, height, width, 3), 128, dtype=np.uint8)
+        picks = list(self.buffer)[-4:]
+        return np.stack(picks)
+
+    def export_version(self) -> int | None:
+        """Export the target, check parity, publish to the store; the new version or None."""
+        started = time.perf_counter()
+        self.target.eval()  # export the running BN statistics, not batch statistics
+        try:
+            with tempfile.TemporaryDirectory(dir=self.run_dir) as tmp:
+                onnx_path = export_onnx(self.target, Path(tmp) / "model.onnx",
+                                        frame_size=self.cfg.input_size,
+                                        confidence=self.cfg.confidence)
+                runner = make_runner("onnxruntime", onnx_path=onnx_path, threads=1)
+                with runner:
+                    parity = check_parity(runner, self.target, self.parity_frames(),
+                                          self.cfg.adaptation.min_agreement)
+                if not parity.passed:
+                    log.warning("parity gate rejected step %d: %s", self.state.step, parity.message)
+                    self.events.send({"type": "rejected", "step": self.state.step,
+                                      "reason": parity.message})
+                    return None
+                version = self.store.publish(onnx_path, manifest_extra={
+                    "model": self.cfg.model, "step": self.state.step,
+                    "parity": parity.agreement, "losses": self.losses,
+                    "config": self.cfg.to_dict()})
+        finally:
+            self.target.train()
+        self.save_state(version.number)
+        seconds = time.perf_counter() - started
+        self.events.send({"type": "version", "version": version.number, "step": self.state.step,
+                          "parity": parity.agreement, "export_s": round(seconds, 3)})
+        log.info("published engine %s at step %d (%.2f s)", version.name, self.state.step, seconds)
+        return version.number
+
+    def export_due(self) -> bool:
+        a = self.cfg.adaptation
+        by_steps = self.state.step - self.deployed_step >= a.export_every_steps
+        by_time = (a.export_every_seconds is not None
+                   and time.monotonic() - self.last_export >= a.export_every_seconds
+                   and self.state.step > self.deployed_step)
+        return by_steps or by_time
+
+    # adaptation --------------------------------------------------------------------------------
+    def sample_batch(self) -> torch.Tensor:
+        """uint8 (N, 3, H, W) RGB drawn from the buffer of recent frames."""
+        picks = self.rng.choice(len(self.buffer), size=self.cfg.adaptation.batch_size,
+                                replace=len(self.buffer) < self.cfg.adaptation.batch_size)
+        frames = np.stack([self.buffer[i] for i in picks])  # (N, H, W, 3) BGR
+        return camera_to_rgb(torch.from_numpy(frames))
+
+    def step(self) -> None:
+        losses = adaptation_step(self.source, self.memory, self.target, self.sample_batch(),
+                                 self.optimizer, self.state, self.method, generator=self.generator)
+        if losses.get("skipped"):
+            log.warning("non-finite loss at step %d: rolling back", self.state.step)
+            self.events.send({"type": "rollback", "step": self.state.step, "reason": "non-finite loss"})
+            self.rollback()
+            return
+        self.losses = {k: round(float(v), 5) for k, v in losses.items() if k != "skipped"}
+        if self.state.step % 5 == 0:
+            self.events.send({"type": "stats", "step": self.state.step, "new_steps": 5,
+                              "buffer": len(self.buffer), **self.losses})
+
+    def run(self) -> int:
+        self.events = EventSender(ipc_address(self.run_dir, "events.sock"))
+        frames = FrameReceiver(ipc_address(self.run_dir, "frames.sock"))
+        try:
+            resumed = self.resume()
+            if self.store.current() is None:
+                self.export_version()  # the first engine: the source weights
+            elif not resumed:
+                self.deployed_step = self.state.step
+            while not self.stopping:
+                wait_ms = 0 if len(self.buffer) >= self.cfg.adaptation.batch_size else 100
+                for _meta, image in frames.receive_all(wait_ms):
+                    self.buffer.append(image)
+                if not self.cfg.adaptation.enabled or len(self.buffer) < self.cfg.adaptation.batch_size:
+                    continue
+                self.step()
+                if self.export_due():
+                    self.export_version()
+                    self.last_export = time.monotonic()
+        finally:
+            frames.close()
+            self.events.close()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iapc-runtime daemon")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(message)s")
+    cfg = RuntimeConfig.from_dict(json.loads(Path(args.config).read_text()))
+    lower_priority(cfg.adaptation.nice, cfg.adaptation.threads)
+    daemon = AdaptationDaemon(cfg, args.checkpoint)
+
+    def stop(*_):
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return run_cli("iapc-runtime daemon", daemon.run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

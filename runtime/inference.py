@@ -1,0 +1,128 @@
+"""The inference process: capture thread, engine manager, loop, publisher. No torch import.
+
+Started by the supervisor as ``python -m iapc.runtime.inference --config RUN/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from iapc.errors import UserError, run_cli
+from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.handoff import EventReceiver, FrameHandoff
+from iapc.runtime.loop import InferenceLoop
+from iapc.runtime.sources import CaptureThread, make_source
+from iapc.runtime.swap import EngineManager
+
+log = logging.getLogger("iapc.runtime.inference")
+
+
+def ipc_address(run_dir: Path, name: str) -> str:
+    return f"ipc://{run_dir / name}"
+
+
+def make_runner_loader(cfg: RuntimeConfig):
+    """Store version -> inactive runner for the configured backend (TensorRT, ONNX Runtime)."""
+    from iapc.export.runners import make_runner
+
+    def load(version):
+        return make_runner(cfg.backend, onnx_path=version.onnx_path,
+                           engine_path=version.engine_path, threads=cfg.inference_threads,
+                           confidence=cfg.confidence)
+
+    return load
+
+
+class LiveScore:
+    """Running mIoU of the published masks against the source's labels (synthetic, Cityscapes)."""
+
+    def __init__(self, num_classes: int):
+        from iapc.adapt.metrics import ConfusionMatrix
+
+        self.matrix = ConfusionMatrix(num_classes)
+        self.frames = 0
+
+    def __call__(self, frame, mask: np.ndarray, version: int) -> None:
+        if frame.label is None:
+            return
+        label = frame.label
+        if label.shape != mask.shape:
+            label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+        self.matrix.update(mask, label)
+        self.frames += 1
+
+    def miou(self) -> float | None:
+        return float(self.matrix.compute().miou) * 100 if self.frames else None
+
+
+def run_inference(cfg: RuntimeConfig) -> int:
+    from iapc.export.store import EngineStore
+    from iapc.runtime.metrics import RuntimeMetrics
+    from iapc.runtime.publisher import MaskPublisher
+
+    run_dir = cfg.resolved_run_dir()
+    store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
+    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed)
+    source.open()
+    capture = CaptureThread(source, cfg.source.fps, cfg.source.max_frames, cfg.source.loop)
+    engines = EngineManager(store, make_runner_loader(cfg), cfg.input_size)
+    publisher = MaskPublisher(cfg.publish, allow_remote=cfg.insecure)
+    metrics = RuntimeMetrics(port=cfg.metrics_port) if cfg.metrics_port is not None else None
+    events = EventReceiver(ipc_address(run_dir, "events.sock"))
+    handoff = (FrameHandoff(ipc_address(run_dir, "frames.sock"))
+               if cfg.adaptation.enabled else None)
+    score = LiveScore(cfg.num_classes)
+    loop = InferenceLoop(capture, publisher, engines, cfg.input_size, cfg.num_classes,
+                         handoff=handoff, sample_every=cfg.adaptation.sample_every,
+                         metrics=metrics, events=events, status_every=cfg.status_every,
+                         confidence=cfg.confidence, frame_observer=score)
+    loop.extra_status = lambda: {"miou": score.miou()}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: loop.stop())
+    try:
+        if not engines.load_initial(timeout=600, stop=loop._stop):
+            if loop._stop.is_set():
+                return 0
+            raise UserError(f"no usable engine in {store.root} after 600 s: run 'iapc export' "
+                            "or check the adaptation daemon's log")
+        engines.start()
+        capture.start()
+        stats = loop.run()
+    finally:
+        capture.stop()
+        engines.close()
+        for part in (handoff, events, metrics):
+            if part is not None:
+                part.close()
+        publisher.close()
+        source.close()
+    summary = {"frames_in": stats.frames_in, "frames_published": stats.frames_published,
+               "frames_failed": stats.frames_failed, "capture_dropped": capture.dropped,
+               "handoff_dropped": handoff.dropped if handoff else 0,
+               "publish_dropped": stats.publish_dropped, "swaps": stats.swap_log,
+               "engine_version": engines.version, "miou": score.miou(),
+               "finished_ns": time.time_ns()}
+    (run_dir / "inference_summary.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iapc-runtime inference")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s inference %(levelname)s %(message)s")
+    cfg = RuntimeConfig.from_dict(json.loads(Path(args.config).read_text()))
+    return run_cli("iapc-runtime", lambda: run_inference(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The supervisor: starts the inference process and the adaptation daemon, restarts the daemon
+when it dies (inference goes on), and shuts both down cleanly on SIGINT/SIGTERM.
+
+Both children are plain ``python -m`` processes so the inference process never imports torch.
+Their logs go to ``RUN/inference.log`` and ``RUN/daemon.log``; one-line user errors reach the
+terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from iapc.runtime.config import RuntimeConfig
+
+log = logging.getLogger("iapc.runtime.supervisor")
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def prepare_run_dir(cfg: RuntimeConfig) -> Path:
+    """Owner-only run folder holding the resolved config, logs, sockets and state."""
+    run_dir = cfg.resolved_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return run_dir
+
+
+class Child:
+    """One supervised ``python -m module`` process."""
+
+    def __init__(self, name: str, module: str, args: list[str], run_dir: Path):
+        self.name, self.module, self.args, self.run_dir = name, module, args, run_dir
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        log_file = open(self.run_dir / f"{self.name}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
+                                        stdout=log_file, stderr=subprocess.PIPE, env=env)
+        log_file.close()
+        self.starts += 1
+        threading.Thread(target=self._relay_errors, args=(self.process,), daemon=True).start()
+
+    def _relay_errors(self, process: subprocess.Popen) -> None:
+        """User errors ('iapc-runtime: error: ...') to the terminal, everything to the log."""
+        with open(self.run_dir / f"{self.name}.log", "ab") as log_file:
+            for line in process.stderr:
+                log_file.write(line)
+                log_file.flush()
+                if line.startswith(b"iapc-runtime"):
+                    sys.stderr.write(line.decode(errors="replace"))
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.poll()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killing it", self.name, timeout)
+            self.process.kill()
+            return self.process.wait()
+
+
+class Supervisor:
+    def __init__(self, cfg: RuntimeConfig, checkpoint: str, on_status=None):
+        self.cfg = cfg
+        self.run_dir = prepare_run_dir(cfg)
+        config_arg = ["--config", str(self.run_dir / "config.json")]
+        self.inference = Child("inference", "iapc.runtime.inference", config_arg, self.run_dir)
+        self.daemon = Child("daemon", "iapc.runtime.daemon",
+                            config_arg + ["--checkpoint", checkpoint], self.run_dir)
+        self.on_status = on_status
+        self.stopping = threading.Event()
+        self.daemon_restarts = 0
+
+    def _restart_daemon_if_dead(self) -> None:
+        code = self.daemon.poll()
+        if code is None or self.stopping.is_set():
+            return
+        delay = RESTART_BACKOFF_S[min(self.daemon_restarts, len(RESTART_BACKOFF_S) - 1)]
+        log.warning("adaptation daemon exited with %s: restarting in %.1f s", code, delay)
+        if self.stopping.wait(delay):
+            return
+        self.daemon_restarts += 1
+        self.daemon.start()
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        self.daemon.start()  # it publishes the first engine when the store is empty
+        self.inference.start()
+        code = 0
+        try:
+            while not self.stopping.is_set():
+                code = self.inference.poll()
+                if code is not None:
+                    break  # the source ended (or a user error): shut down
+                self._restart_daemon_if_dead()
+                if self.on_status is not None:
+                    self.on_status()
+                self.stopping.wait(0.2)
+        finally:
+            inference_code = self.inference.stop()
+            self.daemon.stop()
+        return code if code is not None else (inference_code or 0)
