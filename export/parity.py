@@ -34,13 +34,14 @@ class ParityReport:
     min_agreement: float
     frames: int
     message: str
+    runner_ms: float = 0.0  # median per-frame latency of the runner under test
 
 
 def default_min_agreement(reduced_precision: bool) -> float:
     return REDUCED_PRECISION_MIN_AGREEMENT if reduced_precision else FP32_MIN_AGREEMENT
 
 
-def _report(agreement: float, min_agreement: float, frames: int) -> ParityReport:
+def _report(agreement: float, min_agreement: float, frames: int, runner_ms: float) -> ParityReport:
     passed = agreement >= min_agreement
     if passed:
         message = f"pixel agreement {agreement:.2%} >= required {min_agreement:.2%}"
@@ -48,12 +49,19 @@ def _report(agreement: float, min_agreement: float, frames: int) -> ParityReport
         short = (min_agreement - agreement) * 100
         message = (f"pixel agreement {agreement:.2%} < required {min_agreement:.2%} "
                    f"(short by {short:.2f} points)")
-    return ParityReport(agreement, passed, min_agreement, frames, message)
+    return ParityReport(agreement, passed, min_agreement, frames, message, runner_ms)
 
 
-def _masks(runner: Runner, frames: np.ndarray) -> list[np.ndarray]:
-    """One frame at a time, so engines built for batch 1 work too: list of uint8 (H, W)."""
-    return [runner.infer(frames[i:i + 1])["mask"][0] for i in range(len(frames))]
+def _masks(runner: Runner, frames: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """One frame at a time, so engines built for batch 1 work too.
+
+    Returns the uint8 (H, W) masks and the median latency in ms.
+    """
+    masks, times = [], []
+    for i in range(len(frames)):
+        masks.append(runner.infer(frames[i:i + 1])["mask"][0])
+        times.append(runner.last_inference_time)
+    return masks, float(np.median(times)) * 1000.0
 
 
 def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterable[np.ndarray],
@@ -67,17 +75,17 @@ def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterab
     if len(frames) == 0:
         raise UserError("the parity gate needs at least one frame")
     with TorchRunner(model) as reference:
-        expected = _masks(reference, frames)
+        expected, _ = _masks(reference, frames)
     was_active = runner.is_active
     runner.activate()
     try:
-        got = _masks(runner, frames)
+        got, runner_ms = _masks(runner, frames)
     finally:
         if not was_active:
             runner.deactivate()
     equal = sum(int((a == b).sum()) for a, b in zip(expected, got))
     total = sum(a.size for a in expected)
-    return _report(equal / total, min_agreement, len(frames))
+    return _report(equal / total, min_agreement, len(frames), runner_ms)
 
 
 def synthetic_frames(count: int, frame_size: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -267,6 +267,17 @@ class EngineStore:
             return None
         return text if _VERSION_RE.match(text) else None
 
+    def current_name(self) -> str | None:
+        """The name in ``CURRENT`` without verifying it (cheap; for polling for new versions)."""
+        return self._read_pointer()
+
+    @staticmethod
+    def version_number(name: str) -> int:
+        """``"v000007"`` -> 7."""
+        if not _VERSION_RE.match(name):
+            raise UserError(f"{name!r} is not a version name like v000007")
+        return int(name[1:])
+
     def resolve_current(self, attempts: int = 3) -> Resolution:
         """The current version if it verifies, else the newest older one that does.
 

@@ -1,0 +1,117 @@
+"""``iapc export``: checkpoint -> ONNX (-> TensorRT engine) -> parity gate -> engine store.
+
+    iapc export --checkpoint run/source.pth --store run/engines --frame-size 1024x512
+
+The engine is published only if its masks agree with the PyTorch model's on recorded frames
+(``--frames DIR``) or on generated street-like frames (``--frames synthetic``, the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+PARITY_FRAMES = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (iapc or released IAPC/AdvEnt)")
+    parser.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
+    parser.add_argument("--backend", default="auto",
+                        help=f"one of {', '.join(BACKEND_CHOICES)} (default auto: TensorRT if present, "
+                             "else ONNX Runtime)")
+    parser.add_argument("--store", required=True, help="engine store folder (created if missing)")
+    parser.add_argument("--frame-size", default="1024x512", help="camera frame WIDTHxHEIGHT (default 1024x512)")
+    parser.add_argument("--confidence", action="store_true", help="also output a uint8 confidence map")
+    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
+    parser.add_argument("--min-agreement", type=float, default=None,
+                        help="parity gate threshold, 0..1 (default 0.995, or 0.99 for fp16 engines)")
+    parser.add_argument("--frames", default="synthetic",
+                        help="folder of recorded images for the parity gate, or 'synthetic' (default)")
+    parser.add_argument("--fp32", action="store_true", help="TensorRT: build in fp32 instead of fp16")
+    parser.add_argument("--keep", type=int, default=5, help="versions kept in the store (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+
+
+def _parity_frames(spec: str, frame_size: tuple[int, int]):
+    from iapc.export.parity import load_frames, synthetic_frames
+
+    if spec == "synthetic":
+        return synthetic_frames(PARITY_FRAMES, frame_size)
+    return load_frames(spec, frame_size, limit=PARITY_FRAMES * 2)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from iapc.errors import UserError
+
+    if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
+        raise UserError(f"--min-agreement must be in (0, 1], e.g. 0.995, got {args.min_agreement}")
+    if args.keep < 1:
+        raise UserError(f"--keep must be at least 1, got {args.keep}")
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist: give the path of a .pth/.pt file")
+
+
+def _build_engine(onnx_path: Path, work: Path, store_root: Path, fp16: bool) -> Path:
+    from iapc.export.runner_tensorrt import EngineFromOnnx, SaveEngine
+
+    engine_path = work / "model.engine"
+    SaveEngine(EngineFromOnnx(onnx_path, fp16=fp16, timing_cache=store_root / "timing.cache"),
+               engine_path)()
+    return engine_path
+
+
+def run(args: argparse.Namespace) -> int:
+    from iapc.adapt.checkpoint import load_model
+    from iapc.errors import UserError
+    from iapc.export.onnx_export import export_onnx, parse_frame_size
+    from iapc.export.parity import check_parity, default_min_agreement
+    from iapc.export.runners import OnnxRuntimeRunner, TensorRTRunner, resolve_backend
+    from iapc.export.store import EngineStore
+
+    backend = resolve_backend(args.backend)
+    frame_size = parse_frame_size(args.frame_size)
+    _check_arguments(args)
+    frames = _parity_frames(args.frames, frame_size)
+    model, meta = load_model(args.checkpoint, args.model)
+    model.eval()
+    store = EngineStore(args.store, keep=args.keep)
+    reduced_precision = backend == "tensorrt" and not args.fp32
+    min_agreement = args.min_agreement or default_min_agreement(reduced_precision)
+
+    with tempfile.TemporaryDirectory(prefix="iapc-export-") as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        onnx_path = export_onnx(model, work / "model.onnx", frame_size=frame_size,
+                                dynamic_batch=args.dynamic_batch, confidence=args.confidence,
+                                model_name=meta["model"])
+        export_s = time.perf_counter() - started
+        engine_path = None
+        if backend == "tensorrt":
+            engine_path = _build_engine(onnx_path, work, store.root, fp16=not args.fp32)
+            runner = TensorRTRunner(engine_path)
+        else:
+            # onnxruntime and torch both deploy the ONNX file: the gate checks that file
+            runner = OnnxRuntimeRunner(onnx_path, intra_op_threads=args.threads)
+        with runner:  # activation (session creation / engine load) counts towards "ready"
+            ready_s = time.perf_counter() - started
+            report = check_parity(runner, model, frames, min_agreement)
+        if not report.passed:
+            raise UserError(f"parity gate failed, nothing published: {report.message}; check the "
+                            "checkpoint and export, or lower --min-agreement")
+        version = store.publish(onnx_path, engine_path, manifest_extra={
+            "model": meta["model"], "num_classes": meta["num_classes"], "config": meta["config"],
+            "step": meta["step"], "checkpoint": str(Path(args.checkpoint).resolve()),
+            "backend": backend, "frame_size": list(frame_size), "confidence": args.confidence,
+            "dynamic_batch": args.dynamic_batch, "precision": "fp16" if reduced_precision else "fp32",
+            "parity": {"agreement": report.agreement, "min_agreement": report.min_agreement,
+                       "frames": report.frames, "source": args.frames},
+            "health": {"latency_ms": round(report.runner_ms, 3), "export_s": round(export_s, 3),
+                       "ready_s": round(ready_s, 3)}})
+    print(f"published {version.name} to {store.root}: {meta['model']} {frame_size[0]}x{frame_size[1]}, "
+          f"backend {backend}, {report.message} on {report.frames} frames, "
+          f"export {export_s:.2f} s, engine ready {ready_s:.2f} s, {report.runner_ms:.1f} ms/frame")
+    return 0
