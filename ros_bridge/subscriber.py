@@ -212,7 +212,7 @@ class MaskSubscriber:
                     raise RuntimeError("MaskSubscriber is closed")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    names = ", ".join(t.decode() for t in topics)
+                    names = " or ".join(t.decode() for t in topics)
                     raise TimeoutError(f"no {names} message from {self.address} in {timeout} s")
                 self._ready.wait(remaining)
 

@@ -305,14 +305,31 @@ def decode_mask_message(frames: Sequence[Any]) -> tuple[bytes, MaskHeader, np.nd
 # Status
 
 
-STATUS_KINDS = ("heartbeat", "swap", "drop", "adaptation")  # documented kinds; others allowed
+STATUS_KINDS = ("heartbeat", "swap", "adaptation")  # documented kinds; clients ignore others
 
 
 def encode_status(status: Mapping[str, Any]) -> list[bytes]:
-    """Frames ``[b"status", json, b""]``. Needs a ``kind``; fills ``v`` and ``publish_ns``."""
-    obj = {"v": PROTOCOL_VERSION, "publish_ns": time.time_ns(), **status}
+    """Frames ``[b"status", json, b""]``. Needs a ``kind``; fills ``v`` and ``publish_ns``.
+
+    Numpy scalars become JSON numbers and NaN/Infinity become null, so a statistic that is not
+    (yet) finite cannot stop the loop from publishing its status.
+    """
+    obj = {"v": PROTOCOL_VERSION, "publish_ns": time.time_ns(), **json_safe(dict(status))}
     validate_status_fields(obj)
     return [TOPIC_STATUS, _dump_json(obj), b""]
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars -> Python, non-finite floats -> None, tuples -> lists."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def validate_status_fields(obj: Mapping[str, Any]) -> None:

@@ -111,9 +111,9 @@ def test_receive_timeout_raises_timeout_error(pub):
 def test_status_round_trip(pub):
     with MaskSubscriber(pub.endpoint, topics=(TOPIC_MASK, TOPIC_STATUS)) as sub:
         join(pub, sub)
-        pub.publish_status({"kind": "swap", "from_version": 1, "to_version": 2, "frame_id": 77})
+        pub.publish_status({"kind": "swap", "from": 1, "to": 2, "at_frame": 77})
         status = sub.receive_status(timeout=5)
-    assert status["kind"] == "swap" and status["to_version"] == 2 and status["v"] == 1
+    assert status["kind"] == "swap" and status["to"] == 2 and status["v"] == 1
 
 
 def raw_publisher(context: zmq.Context) -> tuple[zmq.Socket, str]:

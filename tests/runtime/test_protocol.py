@@ -116,11 +116,21 @@ def test_encoder_refuses_array_that_does_not_match_header():
 
 
 def test_status_round_trip():
-    frames = p.encode_status({"kind": "swap", "from_version": 2, "to_version": 3, "frame_id": 99})
+    frames = p.encode_status({"kind": "swap", "from": 2, "to": 3, "at_frame": 99})
     assert frames[0] == p.TOPIC_STATUS and frames[2] == b""
     status = p.decode_status([bytes(f) for f in frames])
-    assert status["v"] == 1 and status["kind"] == "swap" and status["to_version"] == 3
+    assert status["v"] == 1 and status["kind"] == "swap" and status["to"] == 3
     assert isinstance(status["publish_ns"], int) and status["publish_ns"] > 0
+
+
+def test_status_values_are_made_plain_json():
+    status = {"kind": "heartbeat", "fps": np.float32(29.5), "loss": float("nan"),
+              "latency_ms": {"p50": np.float64("inf"), "p99": 3.5}, "versions": (1, np.int64(2))}
+    text = p.encode_status(status)[1]
+    assert b"NaN" not in text and b"Infinity" not in text
+    decoded = p.decode_status([p.TOPIC_STATUS, text, b""])
+    assert decoded["fps"] == 29.5 and decoded["loss"] is None
+    assert decoded["latency_ms"] == {"p50": None, "p99": 3.5} and decoded["versions"] == [1, 2]
 
 
 def test_status_errors():
