@@ -94,6 +94,19 @@ class ClassBalanceState:
         self.often = often.to(self.often.device)
 
 
+def class_pixel_counts(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixels per class in a label map of any shape: (K,) long; labels >= K are not counted.
+
+    A scatter-add rather than ``torch.bincount``, whose CUDA version reads the input's min and
+    max back to the host; this one queues without a sync.
+    """
+    # Labels >= K (the ignore index) land in an extra bin that is dropped.
+    index = label.reshape(-1).long().clamp(max=num_classes)
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=label.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
+    return counts[:num_classes]
+
+
 def class_balance_weights(pseudo_label: torch.Tensor, num_classes: int,
                           state: ClassBalanceState) -> torch.Tensor:
     """Per-class cross-entropy weights from one batch's pseudo-label, as the released code.
@@ -107,9 +120,7 @@ def class_balance_weights(pseudo_label: torch.Tensor, num_classes: int,
         raise UserError(f"class-balance state has {state.num_classes} classes, the logits have "
                         f"{num_classes}: use one ClassBalanceState per model")
     n = pseudo_label.shape[0]
-    # Labels >= K (the ignore index) land in an extra bin that is dropped: (K,)
-    counts = torch.bincount(pseudo_label.reshape(-1).clamp(max=num_classes),
-                            minlength=num_classes + 1)[:num_classes]
+    counts = class_pixel_counts(pseudo_label, num_classes)  # (K,)
     rare = counts < RARE_PIXELS_PER_IMAGE * n
     weight = torch.where(rare, MAX_CLASS_WEIGHT, 1.0).to(torch.float32)
     absent = torch.where(counts == 0, MAX_CLASS_WEIGHT, 1.0).to(torch.float32)
@@ -152,9 +163,11 @@ def prototypes(memory_feats: torch.Tensor, memory_label: torch.Tensor, num_class
     (values >= K are ignored). Returns (N, K, C); a class absent from an image gets zeros.
     """
     n, c, h, w = memory_feats.shape
-    # (N, h*w, K) one-hot; the extra column catches ignored labels and is dropped.
-    one_hot = F.one_hot(memory_label.reshape(n, h * w).clamp(max=num_classes),
-                        num_classes + 1)[..., :num_classes].to(memory_feats.dtype)
+    # (N, h*w, K) one-hot built by scatter (F.one_hot may check its input on the host); the
+    # extra column catches ignored labels and is dropped.
+    index = memory_label.reshape(n, h * w, 1).long().clamp(max=num_classes)
+    one_hot = torch.zeros(n, h * w, num_classes + 1, dtype=memory_feats.dtype, device=memory_feats.device)
+    one_hot = one_hot.scatter_(2, index, 1.0)[..., :num_classes]
     sums = torch.bmm(memory_feats.reshape(n, c, h * w), one_hot)  # (N, C, K)
     counts = one_hot.sum(dim=1)  # (N, K)
     return (sums / counts.clamp(min=1)[:, None, :]).transpose(1, 2)  # (N, K, C)

@@ -63,7 +63,7 @@ class AdaptConfig:
     amp_dtype: str | None = None
     channels_last: bool = False
     schedule: str = "poly"
-    seed: int = 0
+    seed: int = 0  # seeds the torch.Generator the caller passes to adaptation_step
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(v) for v in self.crop)
@@ -116,7 +116,8 @@ class AdaptState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.class_balance.load_state_dict(state["class_balance"])
-        if "grad_scaler" in state and self.grad_scaler is not None:
+        if "grad_scaler" in state:
+            self.grad_scaler = self.grad_scaler or torch.amp.GradScaler("cuda")
             self.grad_scaler.load_state_dict(state["grad_scaler"])
 
 
