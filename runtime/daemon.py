@@ -46,8 +46,10 @@ log = logging.getLogger("iapc.runtime.daemon")
 def method_config(cfg: RuntimeConfig) -> AdaptConfig:
     """The streaming IAPC settings: constant lr after warm-up, EMA and crop from the config."""
     a = cfg.adaptation
+    width, height = cfg.input_size
+    crop = (min(a.crop[0], height), min(a.crop[1], width))  # frames arrive at the engine's size
     return AdaptConfig(preset=a.preset, lr=a.lr, warmup_iters=a.warmup_iters,
-                       ema_alpha=a.ema_alpha, crop=a.crop, schedule="constant", seed=a.seed)
+                       ema_alpha=a.ema_alpha, crop=crop, schedule="constant", seed=a.seed)
 
 
 def lower_priority(nice: int, threads: int) -> None:

@@ -177,9 +177,10 @@ def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0) 
 class CaptureThread(threading.Thread):
     """Reads a source in the background and hands frames to the loop.
 
-    Live sources (a camera, or any source paced at ``fps``) keep only the newest frame: a slow
-    loop skips frames rather than falling behind (``dropped`` counts them). Unpaced file sources
-    are lossless: the thread waits until the loop has taken the previous frame.
+    Live sources (a camera) keep only the newest frame: a slow loop skips frames rather than
+    falling behind (``dropped`` counts them). Recorded sources (files, synthetic stream) are
+    lossless, paced at ``fps`` when given: the thread waits until the loop has taken the previous
+    frame, so a replay shows every frame even when the loop is briefly slower than the rate.
     """
 
     def __init__(self, source: FrameSource, fps: float | None = None, max_frames: int | None = None,
@@ -189,7 +190,7 @@ class CaptureThread(threading.Thread):
         self.fps = fps
         self.max_frames = max_frames
         self.loop = loop
-        self.live = source.live or fps is not None
+        self.live = source.live
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._stop = threading.Event()
