@@ -11,16 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from iapc.adapt.labels import CLASS_NAMES, CLASS_SUBSETS, IGNORE_INDEX
 from iapc.errors import UserError
 
 
-def _as_int64_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
-    if isinstance(values, np.ndarray):
-        values = torch.from_numpy(values)
-    return values.reshape(-1).to(device="cpu", dtype=torch.int64)
+def _as_int64_array(values) -> np.ndarray:
+    """Flat int64 numpy array from a numpy array or a torch tensor (on any device).
+
+    The module stays numpy-only so the inference process (no torch) can score live masks.
+    """
+    if hasattr(values, "detach"):  # a torch tensor: the one host copy, done by the caller's data
+        values = values.detach().cpu().numpy()
+    return np.asarray(values).reshape(-1).astype(np.int64, copy=False)
 
 
 def resolve_class_subset(classes: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -55,9 +58,9 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+    def update(self, pred, target) -> None:
         """Add a batch: ``pred`` and ``target`` hold class ids of the same shape (any layout).
 
         Target pixels equal to ``ignore_index`` (or outside [0, K)) are skipped.
@@ -65,23 +68,22 @@ class ConfusionMatrix:
         if tuple(pred.shape) != tuple(target.shape):
             raise UserError(f"prediction shape {tuple(pred.shape)} differs from label shape "
                             f"{tuple(target.shape)}: upsample logits to the label size first")
-        pred, target = _as_int64_tensor(pred), _as_int64_tensor(target)
+        pred, target = _as_int64_array(pred), _as_int64_array(target)
         k = self.num_classes
         valid = (target >= 0) & (target < k) & (target != self.ignore_index)
         # One bincount over the joint index gt*K + pred gives the whole matrix at once.
-        joint = target[valid] * k + pred[valid].clamp(0, k - 1)
-        self.mat += torch.bincount(joint, minlength=k * k).reshape(k, k)
+        joint = target[valid] * k + np.clip(pred[valid], 0, k - 1)
+        self.mat += np.bincount(joint, minlength=k * k).reshape(k, k)
 
     def reset(self) -> None:
-        self.mat.zero_()
+        self.mat[:] = 0
 
     def iou(self) -> np.ndarray:
         """(K,) per-class IoU; NaN where a class is in neither prediction nor ground truth."""
-        mat = self.mat.double()
-        tp = mat.diag()
+        mat = self.mat.astype(np.float64)
+        tp = np.diag(mat)
         denom = mat.sum(0) + mat.sum(1) - tp
-        iou = torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
-        return iou.numpy()
+        return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
 
     def compute(self, classes: str | tuple[int, ...] | None = None) -> SegmentationScores:
         """Scores with mIoU over ``classes`` (a subset name or train ids; ``None``: all K)."""
@@ -93,7 +95,7 @@ class ConfusionMatrix:
         selected = iou[list(subset)]
         miou = float(np.nanmean(selected)) if not np.all(np.isnan(selected)) else float("nan")
         total = int(self.mat.sum())
-        accuracy = float(self.mat.diag().sum()) / total if total else float("nan")
+        accuracy = float(np.diag(self.mat).sum()) / total if total else float("nan")
         return SegmentationScores(iou=iou, accuracy=accuracy, classes=subset, miou=miou)
 
 
