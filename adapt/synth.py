@@ -182,7 +182,7 @@ DOMAINS: dict[str, DomainStyle] = {
         window_lit=0.35, shadow_strength=0.0, face_shading=0.0, gain=0.3,
         tint=(1.25, 1.0, 0.85), saturation=0.6, gamma=1.15, lamp_glow=1.0, vignette=0.3,
         motion_blur=0.012, noise_sigma=7.0, shot_noise=1.6, jpeg_quality=60,
-        rates={"car": 4.0, "parked": 7.0, "truck": 1.2, "bus": 0.3, "person": 0.8, "rider": 0.3,
+        rates={"car": 3.0, "parked": 2.5, "truck": 1.2, "bus": 0.3, "person": 0.8, "rider": 0.3,
                "pole": 9.0, "tree": 2.0},
         vegetation_share=0.2,
     ),
@@ -216,7 +216,7 @@ DOMAINS: dict[str, DomainStyle] = {
         shadow_strength=0.0, face_shading=0.05, gain=0.8, saturation=0.7, contrast=0.8,
         fog_density=0.008, fog_color=(160, 160, 160), rain_streaks=3.0, rain_length=0.05,
         wet_road=0.45, motion_blur=0.008, defocus=0.0015, noise_sigma=3.0, shot_noise=0.5,
-        rates={"car": 8.0, "parked": 4.0, "truck": 2.5, "bus": 1.5, "person": 1.0, "rider": 0.2,
+        rates={"car": 8.0, "parked": 4.0, "truck": 2.5, "bus": 1.5, "person": 0.6, "rider": 0.2,
                "pole": 5.0, "tree": 3.0},
     ),
 }
@@ -741,23 +741,25 @@ def _draw_person(canvas: _Canvas, view: _View, style: DomainStyle, thing: Thing,
     h = thing.height
     swing = 0.12 * np.sin(thing.phase + 7.0 * t) if abs(thing.speed) + abs(thing.lateral_speed) > 0 else 0
     pants = _shade(thing.color, 0.6)
-    if lift == 0.0:  # standing: two legs
-        canvas.fill([_rect(u, v, k, -0.2 + swing, -0.03 + swing, 0, 0.48 * h),
-                     _rect(u, v, k, 0.03 - swing, 0.2 - swing, 0, 0.48 * h)], pants, label, z)
+    legs_from = lift * 0.4  # a rider's legs reach down to the pedals
+    canvas.fill([_rect(u, v, k, -0.2 + swing, -0.03 + swing, legs_from, lift + 0.48 * h),
+                 _rect(u, v, k, 0.03 - swing, 0.2 - swing, legs_from, lift + 0.48 * h)],
+                pants, label, z)
     canvas.fill([_rect(u, v, k, -0.24, 0.24, lift + 0.46 * h, lift + 0.83 * h)], thing.color, label, z)
     canvas.ellipse((u, v - k * (lift + 0.9 * h)), (0.1 * k, 0.12 * k), style.palette["skin"], label, z)
 
 
 def _draw_rider(canvas: _Canvas, view: _View, style: DomainStyle, layout: SceneLayout,
                 thing: Thing, z: float, d: float, t: float) -> None:
-    """A two-wheeler seen from behind at a slight angle, with its rider on top."""
+    """A two-wheeler seen from behind and a little from the side (it leans into the lane),
+    with its rider on top."""
     _cast_shadow(canvas, view, style, layout, d - 0.3, d + 0.3, z, z + thing.length, 1.7)
     u, v, k = view.billboard(z, d)
-    far_u, far_v, far_k = view.billboard(z + thing.length, d)
+    far_u, far_v, far_k = view.billboard(z + thing.length, d - 0.6)  # front wheel, angled
     wheel = 0.34 if thing.kind == "bicycle" else 0.32
+    thickness = 0.12 if thing.kind == "bicycle" else 0.2
     for uu, vv, kk in ((far_u, far_v, far_k), (u, v, k)):  # far wheel first
-        thickness = 0.05 if thing.kind == "bicycle" else 0.14
-        canvas.ellipse((uu, vv - wheel * kk), (max(thickness * kk * 2, 1), wheel * kk),
+        canvas.ellipse((uu, vv - wheel * kk), (thickness * kk, wheel * kk),
                        style.palette["tyre"], thing.kind, z)
     frame = np.array([[u, v - wheel * k], [far_u, far_v - wheel * far_k],
                       [far_u, far_v - 1.0 * far_k], [u, v - 0.9 * k]]).round().astype(np.int32)
