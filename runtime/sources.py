@@ -6,6 +6,7 @@ A source yields :class:`Frame` objects with uint8 (H, W, 3) BGR images, as OpenC
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -139,6 +140,15 @@ def cityscapes_source(folder: str, split: str = "val") -> FileListSource:
     return FileListSource([s.image for s in samples], [s.label for s in samples])
 
 
+def playlist_source(locations: list[str]) -> FileListSource:
+    """Several Cityscapes roots (or split folders) played one after the other as one recorded
+    source, for the continual protocol's cycle of target domains; with ``--loop`` each pass over
+    all of them is one round. Frame ids run on across roots and rounds."""
+    parts = [cityscapes_source(location) for location in locations]
+    return FileListSource([image for part in parts for image in part.images],
+                          [label for part in parts for label in part.labels])
+
+
 class SyntheticSource(FrameSource):
     """The project's generated driving stream (``iapc.adapt.synth``), with its labels."""
 
@@ -168,6 +178,8 @@ def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0) 
     if kind == "images":
         return images_source(location)
     if kind == "cityscapes":
+        if os.pathsep in location and not Path(location).exists():  # ROOT1:ROOT2:... in turn
+            return playlist_source([part for part in location.split(os.pathsep) if part])
         return cityscapes_source(location)
     if kind == "synthetic":
         return SyntheticSource(location, size, seed)
