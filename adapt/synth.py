@@ -134,8 +134,10 @@ _SOURCE = DomainStyle(
                 (200, 60, 200), (20, 20, 20)),
     clothes_colors=((200, 60, 40), (40, 40, 200), (40, 180, 230), (60, 160, 60), (230, 230, 230)),
     color_jitter=0.05,
-    texture={"road": (2.0, 3.0), "sidewalk": (1.0, 2.0), "vegetation": (3.0, 6.0)},
-    sun_elevation=50.0, shadow_strength=0.5, shadow_softness=0.0015,
+    # light, regular textures and a clean sensor (rendered-game look)
+    texture={"road": (4.0, 5.0), "sidewalk": (3.0, 5.0), "building": (3.0, 5.0),
+             "vegetation": (8.0, 8.0), "terrain": (5.0, 6.0), "car": (2.0, 2.0)},
+    sun_elevation=50.0, shadow_strength=0.5, shadow_softness=0.0015, noise_sigma=1.5,
     rates={"car": 9.0, "parked": 6.0, "truck": 1.0, "bus": 0.6, "person": 2.0, "rider": 0.6,
            "pole": 5.0, "tree": 3.0},
     vegetation_share=0.25,
@@ -158,12 +160,12 @@ DOMAINS: dict[str, DomainStyle] = {
                     (120, 120, 115)),
         clothes_colors=((40, 40, 40), (90, 70, 60), (120, 120, 120), (60, 60, 100)),
         color_jitter=0.15,
-        texture={"road": (9.0, 10.0), "sidewalk": (8.0, 12.0), "building": (10.0, 14.0),
-                 "vegetation": (22.0, 18.0), "terrain": (14.0, 14.0), "sky": (2.0, 10.0),
-                 "wall": (8.0, 10.0), "car": (4.0, 4.0), "person": (5.0, 4.0)},
+        texture={"road": (7.0, 8.0), "sidewalk": (6.0, 9.0), "building": (8.0, 11.0),
+                 "vegetation": (16.0, 13.0), "terrain": (10.0, 10.0), "sky": (2.0, 8.0),
+                 "wall": (6.0, 8.0), "car": (3.0, 3.0), "person": (4.0, 3.0)},
         sun_elevation=35.0, shadow_strength=0.3, shadow_softness=0.008, face_shading=0.15,
-        saturation=0.75, contrast=0.9, vignette=0.35, defocus=0.0012, motion_blur=0.004,
-        noise_sigma=3.0, shot_noise=0.35, jpeg_quality=70, ego_hood=0.12,
+        saturation=0.75, contrast=0.9, vignette=0.35, defocus=0.0018, motion_blur=0.004,
+        noise_sigma=2.5, shot_noise=0.35, jpeg_quality=75, ego_hood=0.12,
         rates={"car": 5.0, "parked": 9.0, "truck": 0.5, "bus": 0.5, "person": 12.0,
                "rider": 3.0, "pole": 8.0, "tree": 7.0},
         vegetation_share=0.45, wall_fence_share=0.3, camera_height=(1.1, 1.4),
@@ -179,9 +181,9 @@ DOMAINS: dict[str, DomainStyle] = {
         car_colors=((40, 40, 40), (150, 150, 150), (200, 200, 200), (40, 40, 120), (100, 50, 30)),
         texture={"road": (6.0, 8.0), "sidewalk": (5.0, 8.0), "building": (6.0, 10.0),
                  "vegetation": (10.0, 10.0)},
-        window_lit=0.35, shadow_strength=0.0, face_shading=0.0, gain=0.3,
+        window_lit=0.35, shadow_strength=0.0, face_shading=0.0, gain=0.4,
         tint=(1.25, 1.0, 0.85), saturation=0.6, gamma=1.15, lamp_glow=1.0, vignette=0.3,
-        motion_blur=0.012, noise_sigma=7.0, shot_noise=1.6, jpeg_quality=60,
+        motion_blur=0.012, noise_sigma=5.0, shot_noise=1.2, jpeg_quality=60,
         rates={"car": 3.0, "parked": 2.5, "truck": 1.2, "bus": 0.3, "person": 0.8, "rider": 0.3,
                "pole": 9.0, "tree": 2.0},
         vegetation_share=0.2,
@@ -195,8 +197,8 @@ DOMAINS: dict[str, DomainStyle] = {
                  "building": (130, 135, 145)},
         texture={"road": (4.0, 6.0), "sidewalk": (4.0, 6.0), "vegetation": (8.0, 8.0),
                  "building": (4.0, 6.0)},
-        shadow_strength=0.0, face_shading=0.1, saturation=0.6, contrast=0.85,
-        fog_density=0.035, fog_color=(205, 205, 200), defocus=0.002, noise_sigma=2.0,
+        shadow_strength=0.0, face_shading=0.1, saturation=0.6, contrast=0.9,
+        fog_density=0.03, fog_color=(205, 205, 200), defocus=0.002, noise_sigma=2.0,
         rates={"car": 5.0, "parked": 5.0, "truck": 1.5, "bus": 0.8, "person": 1.5, "rider": 0.2,
                "pole": 6.0, "tree": 4.0},
         vegetation_share=0.4,
@@ -478,8 +480,8 @@ class _View:
         v = self.v0 + self.f * (self.cam.height - np.asarray(y)) / z
         u, v = np.broadcast_arrays(u, v)
         out = np.empty(u.shape + (2,), np.int32)
-        out[..., 0] = np.clip(u, -self.limit, self.limit)
-        out[..., 1] = np.clip(v, -self.limit, self.limit)
+        out[..., 0] = np.minimum(np.maximum(u, -self.limit), self.limit)
+        out[..., 1] = np.minimum(np.maximum(v, -self.limit), self.limit)
         return out
 
     def billboard(self, z: float, d: float) -> tuple[float, float, float]:
@@ -506,7 +508,7 @@ class _Canvas:
 
     def fill(self, polygons: list[np.ndarray], color, label: str, depth: float | None) -> None:
         """Fill polygons; ``depth=None`` for ground surfaces, which keep their per-row depth."""
-        cv2.fillPoly(self.image, polygons, tuple(int(c) for c in color))
+        cv2.fillPoly(self.image, polygons, color)  # color: a tuple of Python numbers
         cv2.fillPoly(self.label, polygons, ID[label])
         if depth is not None and self.depth is not None:
             cv2.fillPoly(self.depth, polygons, float(depth))
@@ -648,24 +650,30 @@ def _draw_block(canvas: _Canvas, view: _View, style: DomainStyle, layout: SceneL
         _draw_fence_mesh(canvas, view, block, max(z0, _NEAR), z1)
 
 
-def _draw_windows(canvas: _Canvas, view: _View, style: DomainStyle, block: Block,
-                  z0: float, z1: float) -> None:
-    """A grid of windows on the road-facing side (part of the building class)."""
+@functools.lru_cache(maxsize=512)
+def _window_grid(block: Block, window_lit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stations (n,) and sill heights (n,) of a building's windows, and which are lit (n,);
+    fixed per block so windows do not flicker along a sequence."""
     rng = np.random.default_rng(block.seed)
     spacing = rng.uniform(2.5, 4.0)
-    columns = np.arange(block.s0 + 1.0, block.s1 - 1.5, spacing) - view.s_cam  # depths
-    visible = (columns > z0) & (columns + 1.2 < z1) & (view.f * 1.2 / np.maximum(columns, _NEAR) > 1.5)
-    columns = columns[visible]
+    columns = np.arange(block.s0 + 1.0, block.s1 - 1.5, spacing)
     floors = np.arange(1.5, block.height - 1.5, 3.2)
-    if columns.size == 0 or floors.size == 0:
+    stations, sills = (a.ravel() for a in np.meshgrid(columns, floors))
+    return stations, sills, rng.random(stations.size) < window_lit
+
+
+def _draw_windows(canvas: _Canvas, view: _View, style: DomainStyle, block: Block,
+                  z0: float, z1: float) -> None:
+    """A grid of 1.2 x 1.6 m windows on the road-facing side (part of the building class)."""
+    stations, sills, lit = _window_grid(block, style.window_lit)
+    zz = stations - view.s_cam  # depth of each window's near edge
+    visible = (zz > z0) & (zz + 1.2 < z1) & (view.f * 1.2 > 1.5 * np.maximum(zz, _NEAR))
+    if not visible.any():
         return
-    zz, yy = np.meshgrid(columns, floors)  # (floors, columns)
-    zz, yy = zz.ravel(), yy.ravel()
-    d = block.side * block.offset
+    zz, yy, lit = zz[visible], sills[visible], lit[visible]
     corners_z = np.stack([zz, zz + 1.2, zz + 1.2, zz], 1)  # (n, 4)
     corners_y = np.stack([yy, yy, yy + 1.6, yy + 1.6], 1)
-    quads = view.project(d, corners_z, corners_y)  # (n, 4, 2)
-    lit = rng.random(len(quads)) < style.window_lit
+    quads = view.project(block.side * block.offset, corners_z, corners_y)  # (n, 4, 2)
     if (~lit).any():
         cv2.fillPoly(canvas.image, list(quads[~lit]), style.palette["window"])
     if lit.any():
@@ -803,7 +811,7 @@ def _draw_pole(canvas: _Canvas, view: _View, style: DomainStyle, layout: SceneLa
             canvas.lights.append((int(head[0]), int(head[1]), 1.0 * k, (120, 200, 255), ID["pole"]))
             # the pool of light it throws on the road below
             pu, pv, pk = view.billboard(z, d + inward * 1.5)
-            canvas.lights.append((int(pu), int(pv), 3.0 * pk, (40, 70, 90), ID["road"]))
+            canvas.lights.append((int(pu), int(pv), 2.0 * pk, (20, 35, 45), ID["road"]))
 
 
 def _draw_tree(canvas: _Canvas, view: _View, style: DomainStyle, layout: SceneLayout,
