@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,10 @@ class SourceConfig:
     loop: bool = False  # restart file sources at the end
     max_frames: int | None = None  # stop after this many frames (tests, benchmarks)
     seed: int = 0
+    retry_max_s: float = 5.0  # a lost camera is reopened with backoff doubling up to this
+    # Synthetic source only: injected faults for tests and soak runs, e.g.
+    # "bad=0.01,outage=0.002,outage_s=0.5" (see iapc.runtime.sources.FaultSchedule).
+    faults: str | None = None
 
 
 @dataclass
@@ -46,13 +52,33 @@ class AdaptationConfig:
     threads: int = 1  # torch threads in the daemon: it must not starve inference
     nice: int = 10  # CPU priority of the daemon relative to the loop
     min_agreement: float = 0.995  # parity gate
+    holdout_every: int = 4  # every k-th received frame goes to the health gate, not to training
+    # CoTTA-style stochastic restore: after each step, each weight element returns to its source
+    # value with this probability (0: off). Counters slow drift on very long streams.
+    restore_probability: float = 0.0
+    heartbeat_every: float = 1.0  # seconds between the daemon's heartbeats to the supervisor
     seed: int = 0
+
+
+@dataclass
+class HealthConfig:
+    """The health gate run before every deployment (see docs/RELIABILITY.md)."""
+
+    enabled: bool = True
+    holdout_size: int = 16  # recent frames kept out of training to judge candidates on
+    max_class_share: float = 0.9  # collapse: one class takes more of the pixels than this...
+    collapse_margin: float = 0.2  # ...and this much more than under the source model
+    max_js_vs_serving: float = 0.35  # JS divergence (nats, max ln 2) of class histograms
+    max_js_vs_source: float = 0.6
+    max_entropy_rise: float = 0.3  # mean normalised entropy may rise this much over serving
+    min_memory_agreement: float = 0.3  # pixels where candidate and memory network agree
 
 
 @dataclass
 class RuntimeConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     model: str = "tiny"
     checkpoint: str | None = None  # None: the embedded synthetic source model (trained on first use)
     num_classes: int = 19
@@ -68,6 +94,7 @@ class RuntimeConfig:
     insecure: bool = False
     confidence: bool = False
     status_every: float = 1.0  # seconds between status heartbeats
+    daemon_timeout: float = 120.0  # no daemon heartbeat for this long: kill and restart it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +110,31 @@ class RuntimeConfig:
         return Path(self.store) if self.store else self.resolved_run_dir() / "store"
 
 
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the field's type (lists become tuples); UserError if it cannot be."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            items = typing.get_args(option)
+            if len(value) == len(items) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                for v in value):
+                return tuple(value)
+    wanted = " or ".join(f"a list of {len(typing.get_args(o))} integers"
+                         if typing.get_origin(o) is tuple else getattr(o, "__name__", str(o))
+                         for o in options)
+    raise UserError(f"{where} must be {wanted}, got {value!r}: fix it in the config file")
+
+
 def _from_dict(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping of option: value, got {type(data).__name__}")
@@ -91,15 +143,14 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     if unknown:
         raise UserError(f"unknown option {where}.{unknown[0]}: known options are "
                         f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             values[name] = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
-            values[name] = tuple(value)
         else:
-            values[name] = value
+            values[name] = _check_type(value, hints[name], f"{where}.{name}")
     return cls(**values)
 
 

@@ -4,7 +4,14 @@ Started by the supervisor as ``python -m iapc.runtime.daemon --config RUN/config
 receives sampled frames from the inference process, keeps a buffer of recent ones, runs the
 streaming variant of IAPC (pseudo-labels from the source model on the fly, batches drawn from the
 buffer, constant learning rate after warm-up), and every N steps or T seconds exports the target
-network, checks parity, publishes a new engine version and announces it.
+network, checks parity and health (:mod:`iapc.runtime.health`), publishes a new engine version
+and announces it. A candidate that fails a gate, or a step with a non-finite loss, is not deployed:
+the adaptation state rolls back to the last deployed version. Every decision is sent as an event
+to the inference process, which republishes it on the status topic. A failed export (disk full)
+is reported and retried at the next export; the engine in service stays.
+
+Every second or so it touches ``RUN/daemon.heartbeat`` (holding its pid): the supervisor kills and
+restarts a daemon whose heartbeat stops.
 
 It must not starve inference: torch threads are capped and the process runs at a lower CPU
 priority. Everything it needs to resume (target, memory, optimiser, class-balance state, step) is
@@ -14,10 +21,13 @@ written to ``RUN/adaptation.pt`` after every deployed version.
 from __future__ import annotations
 
 import argparse
+import copy
+import errno
 import json
 import logging
 import os
 import signal
+import shutil
 import sys
 import tempfile
 import time
@@ -38,9 +48,13 @@ from iapc.export.runners import make_runner
 from iapc.export.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventSender, FrameReceiver
+from iapc.runtime.health import check_health
 from iapc.runtime.inference import ipc_address
 
 log = logging.getLogger("iapc.runtime.daemon")
+
+HEARTBEAT_FILE = "daemon.heartbeat"
+EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
 
 
 def method_config(cfg: RuntimeConfig) -> AdaptConfig:
@@ -50,6 +64,16 @@ def method_config(cfg: RuntimeConfig) -> AdaptConfig:
     crop = (min(a.crop[0], height), min(a.crop[1], width))  # frames arrive at the engine's size
     return AdaptConfig(preset=a.preset, lr=a.lr, warmup_iters=a.warmup_iters,
                        ema_alpha=a.ema_alpha, crop=crop, schedule="constant", seed=a.seed)
+
+
+def stochastic_restore(target: torch.nn.Module, source: torch.nn.Module, probability: float,
+                       generator: torch.Generator) -> None:
+    """CoTTA's stochastic restore: each weight element of ``target`` returns to its ``source``
+    value with ``probability`` (BN statistics are left alone: they track the target domain)."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            restore = torch.rand(t.shape, generator=generator, device=t.device) < probability
+            t.copy_(torch.where(restore, s, t))
 
 
 def lower_priority(nice: int, threads: int) -> None:
@@ -73,6 +97,13 @@ class AdaptationDaemon:
         self.state = AdaptState.new(model.num_classes)
         self.generator = torch.Generator().manual_seed(cfg.adaptation.seed)
         self.buffer: deque[np.ndarray] = deque(maxlen=cfg.adaptation.buffer_size)
+        # frames never trained on, for the health gate
+        self.holdout: deque[np.ndarray] = deque(maxlen=cfg.health.holdout_size)
+        self.received = 0
+        # the weights of the engine in service (one more model copy in memory)
+        self.serving = copy.deepcopy(self.target).eval()
+        self.heartbeat_path = self.run_dir / HEARTBEAT_FILE
+        self.last_heartbeat = 0.0
         self.rng = np.random.default_rng(cfg.adaptation.seed)
         self.deployed_step = 0
         self.last_export = time.monotonic()
@@ -88,6 +119,7 @@ class AdaptationDaemon:
         torch.save(payload, tmp)
         os.replace(tmp, self.state_path)
         self.deployed_step = self.state.step
+        self.serving.load_state_dict(self.target.state_dict())
 
     def resume(self) -> bool:
         """Load the last deployed adaptation state, if any; False when starting fresh."""
@@ -104,10 +136,31 @@ class AdaptationDaemon:
                       self.state_path, err)
             return False
         self.deployed_step = self.state.step
+        self.serving.load_state_dict(self.target.state_dict())
         log.info("resumed adaptation at step %d (engine v%s)", self.state.step, payload["version"])
         return True
 
-    rollback = resume  # a rejected or non-finite step returns to the last deployed state
+    def rollback(self, reason: str) -> None:
+        """Back to the last deployed state (or the source model if none was saved); tell why."""
+        step = self.state.step
+        if not self.resume():
+            self.target.load_state_dict(self.source.state_dict())
+            self.memory.load_state_dict(self.source.state_dict())
+            self.optimizer = make_optimizer(self.target, self.method)
+            self.state = AdaptState.new(self.target.num_classes)
+            self.deployed_step = 0
+        self.target.train()
+        log.warning("rolled back from step %d to step %d: %s", step, self.state.step, reason)
+        self.events.send({"type": "rollback", "step": step, "to_step": self.state.step,
+                          "reason": reason})
+
+    def beat(self, force: bool = False) -> None:
+        """Tell the supervisor this daemon is alive (mtime of RUN/daemon.heartbeat)."""
+        now = time.monotonic()
+        if not force and now - self.last_heartbeat < self.cfg.adaptation.heartbeat_every:
+            return
+        self.last_heartbeat = now
+        self.heartbeat_path.write_text(f"{os.getpid()}\n")
 
     # export ------------------------------------------------------------------------------------
     def parity_frames(self) -> np.ndarray:
@@ -118,36 +171,72 @@ class AdaptationDaemon:
         picks = list(self.buffer)[-4:]
         return np.stack(picks)
 
+    def health_frames(self) -> np.ndarray | None:
+        """uint8 (N, H, W, 3) BGR held-out frames, or None before any have arrived."""
+        return np.stack(list(self.holdout)) if self.holdout else None
+
+    def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
+        log.warning("%s gate rejected step %d: %s", gate, self.state.step, reason)
+        self.events.send({"type": "rejected", "gate": gate, "step": self.state.step,
+                          "reason": reason, **({"health": figures} if figures else {})})
+        self.rollback(f"{gate} gate: {reason}")
+
     def export_version(self) -> int | None:
-        """Export the target, check parity, publish to the store; the new version or None."""
+        """Export the target, check parity and health, publish to the store; the new version or
+        None (rejected, rolled back; or the export failed and is retried later)."""
         started = time.perf_counter()
         self.target.eval()  # export the running BN statistics, not batch statistics
         try:
-            with tempfile.TemporaryDirectory(dir=self.run_dir) as tmp:
-                onnx_path = export_onnx(self.target, Path(tmp) / "model.onnx",
-                                        frame_size=self.cfg.input_size,
-                                        confidence=self.cfg.confidence)
-                runner = make_runner("onnxruntime", onnx_path=onnx_path, threads=1)
-                with runner:
-                    parity = check_parity(runner, self.target, self.parity_frames(),
-                                          self.cfg.adaptation.min_agreement)
-                if not parity.passed:
-                    log.warning("parity gate rejected step %d: %s", self.state.step, parity.message)
-                    self.events.send({"type": "rejected", "step": self.state.step,
-                                      "reason": parity.message})
-                    return None
-                version = self.store.publish(onnx_path, manifest_extra={
-                    "model": self.cfg.model, "step": self.state.step,
-                    "parity": parity.agreement, "losses": self.losses,
-                    "config": self.cfg.to_dict()})
+            with tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.run_dir) as tmp:
+                version, health = self._export_checked(Path(tmp))
+        except OSError as err:  # disk full, read-only store: keep the engine in service
+            reason = (f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}")
+            log.error("export at step %d failed, keeping the engine in service: %s",
+                      self.state.step, reason)
+            self.events.send({"type": "export_failed", "step": self.state.step, "reason": reason})
+            return None
         finally:
             self.target.train()
+        if version is None:
+            return None
         self.save_state(version.number)
         seconds = time.perf_counter() - started
         self.events.send({"type": "version", "version": version.number, "step": self.state.step,
-                          "parity": parity.agreement, "export_s": round(seconds, 3)})
+                          "parity": version.manifest.get("parity"), "health": health,
+                          "export_s": round(seconds, 3)})
         log.info("published engine %s at step %d (%.2f s)", version.name, self.state.step, seconds)
         return version.number
+
+    def _export_checked(self, tmp: Path):
+        """(published Version, health figures), or (None, None) when a gate rejects."""
+        onnx_path = export_onnx(self.target, tmp / "model.onnx", frame_size=self.cfg.input_size,
+                                confidence=self.cfg.confidence)
+        self.beat()
+        runner = make_runner("onnxruntime", onnx_path=onnx_path, threads=1)
+        with runner:
+            parity = check_parity(runner, self.target, self.parity_frames(),
+                                  self.cfg.adaptation.min_agreement)
+        if not parity.passed:
+            self.reject("parity", parity.message)
+            return None, None
+        health = self._health_figures()
+        if health is not None and not health.passed:
+            self.reject("health", health.message, health.figures)
+            return None, None
+        self.beat()
+        figures = health.figures if health is not None else None
+        version = self.store.publish(onnx_path, manifest_extra={
+            "model": self.cfg.model, "step": self.state.step, "parity": parity.agreement,
+            "health": figures, "losses": self.losses, "config": self.cfg.to_dict()})
+        return version, figures
+
+    def _health_figures(self):
+        """The health report of the target, or None when the gate is off or has no frames."""
+        frames = self.health_frames()
+        if not self.cfg.health.enabled or frames is None or self.state.step == 0:
+            return None  # step 0 is the source model itself: nothing to compare
+        return check_health(self.target, self.serving, self.source, self.memory, frames,
+                            self.cfg.health)
 
     def export_due(self) -> bool:
         a = self.cfg.adaptation
@@ -169,18 +258,35 @@ class AdaptationDaemon:
         losses = adaptation_step(self.source, self.memory, self.target, self.sample_batch(),
                                  self.optimizer, self.state, self.method, generator=self.generator)
         if losses.get("skipped"):
-            log.warning("non-finite loss at step %d: rolling back", self.state.step)
-            self.events.send({"type": "rollback", "step": self.state.step, "reason": "non-finite loss"})
-            self.rollback()
+            self.rollback("non-finite loss")
             return
+        if self.cfg.adaptation.restore_probability > 0:
+            stochastic_restore(self.target, self.source, self.cfg.adaptation.restore_probability,
+                               self.generator)
         self.losses = {k: round(float(v), 5) for k, v in losses.items() if k != "skipped"}
         if self.state.step % 5 == 0:
             self.events.send({"type": "stats", "step": self.state.step, "new_steps": 5,
                               "buffer": len(self.buffer), **self.losses})
 
+    def keep(self, image: np.ndarray) -> None:
+        """A received frame goes to the training buffer, or every k-th to the held-out one."""
+        self.received += 1
+        every = self.cfg.adaptation.holdout_every
+        if self.cfg.health.enabled and every > 0 and self.received % every == 0:
+            self.holdout.append(image)
+        else:
+            self.buffer.append(image)
+
+    def remove_leftovers(self) -> None:
+        """Export folders of a daemon that was killed mid-export."""
+        for leftover in self.run_dir.glob(EXPORT_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
     def run(self) -> int:
         self.events = EventSender(ipc_address(self.run_dir, "events.sock"))
         frames = FrameReceiver(ipc_address(self.run_dir, "frames.sock"))
+        self.beat(force=True)
+        self.remove_leftovers()
         try:
             resumed = self.resume()
             if self.store.current() is None:
@@ -188,9 +294,10 @@ class AdaptationDaemon:
             elif not resumed:
                 self.deployed_step = self.state.step
             while not self.stopping:
+                self.beat()
                 wait_ms = 0 if len(self.buffer) >= self.cfg.adaptation.batch_size else 100
                 for _meta, image in frames.receive_all(wait_ms):
-                    self.buffer.append(image)
+                    self.keep(image)
                 if not self.cfg.adaptation.enabled or len(self.buffer) < self.cfg.adaptation.batch_size:
                     continue
                 self.step()
@@ -202,6 +309,15 @@ class AdaptationDaemon:
             self.events.close()
         return 0
 
+    def main(self) -> int:
+        """Run until SIGTERM/SIGINT."""
+        def stop(*_):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        return self.run()
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iapc-runtime daemon")
@@ -211,14 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(message)s")
     cfg = RuntimeConfig.from_dict(json.loads(Path(args.config).read_text()))
     lower_priority(cfg.adaptation.nice, cfg.adaptation.threads)
-    daemon = AdaptationDaemon(cfg, args.checkpoint)
-
-    def stop(*_):
-        daemon.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    return run_cli("iapc-runtime daemon", daemon.run)
+    return run_cli("iapc-runtime daemon", lambda: AdaptationDaemon(cfg, args.checkpoint).main())
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ class RuntimeMetrics:
         self.adaptation_steps = Counter(
             "iapc_adaptation_steps", "IAPC adaptation steps taken", registry=r
         )
+        # deployed, rejected_parity, rejected_health, rollback, export_failed, engine_rejected,
+        # daemon_restart, daemon_hung, source_lost, source_resumed, bad_frame
+        self.events = Counter(
+            "iapc_runtime_events", "Adaptation decisions and faults survived, by kind", ["kind"],
+            registry=r,
+        )
         self._server = None
         self.port: int | None = None
         if port is not None:
@@ -71,6 +77,9 @@ class RuntimeMetrics:
     def count_swap(self, new_version: int) -> None:
         self.swaps.inc()
         self.engine_version.set(new_version)
+
+    def count_event(self, kind: str, count: int = 1) -> None:
+        self.events.labels(kind=kind).inc(count)
 
     def observe_adaptation(self, loss: float, steps: int = 1) -> None:
         self.adaptation_loss.set(loss)

@@ -1,0 +1,164 @@
+"""The health gate: a candidate engine is deployed only if it looks no worse than what it replaces.
+
+Run by the adaptation daemon after the parity gate, on a held-out buffer of recent unlabelled
+frames (frames the daemon never trained on). Three networks segment the same frames: the
+*candidate* (the adapted target about to be exported), the *serving* weights (the engine in
+service) and the *source* model; the *memory* network (IAPC's EMA teacher) is the reference for
+agreement. A candidate is rejected for:
+
+- non-finite weights or outputs;
+- collapse: one class takes more than ``max_class_share`` of the pixels, and ``collapse_margin``
+  more than it does under the source model (a source that already sees mostly road is fine);
+- a sudden distribution jump: Jensen-Shannon divergence of the predicted class histograms above
+  ``max_js_vs_serving`` (against the engine in service) or ``max_js_vs_source``;
+- rising uncertainty: mean normalised entropy ``max_entropy_rise`` above the engine in service;
+- drifting away from the memory network: pixel agreement below ``min_memory_agreement``.
+
+Thresholds live in :class:`~iapc.runtime.config.HealthConfig`; the figures go into the store
+manifest and onto the status topic. Torch is needed: this runs in the daemon only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from iapc.adapt.preprocessing import camera_to_rgb, normalize
+from iapc.runtime.config import HealthConfig
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What one network says about the held-out frames."""
+
+    labels: torch.Tensor  # int64 (N, h, w) argmax class ids
+    histogram: np.ndarray  # float64 (K,) share of pixels per class, sums to 1
+    mean_confidence: float  # mean max softmax probability, 0..1
+    mean_entropy: float  # mean softmax entropy / ln K, 0..1
+    finite: bool  # every logit finite
+
+
+@dataclass
+class HealthReport:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "healthy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers holding NaN or Inf (floating point ones only)."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, frames_bgr: np.ndarray) -> Predictions:
+    """Run ``model`` (in eval mode, restored after) on uint8 (N, H, W, 3) BGR frames."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = normalize(camera_to_rgb(torch.from_numpy(frames_bgr)), model.norm)  # (N, 3, H, W)
+        logits, _ = model(x)  # (N, K, h, w) at the output stride: enough to judge shares
+    finally:
+        model.train(was_training)
+    logits = logits.float()
+    finite = bool(torch.isfinite(logits).all())
+    logits = torch.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)
+    probs = logits.softmax(dim=1)  # (N, K, h, w)
+    num_classes = probs.shape[1]
+    labels = probs.argmax(dim=1)  # (N, h, w)
+    counts = torch.bincount(labels.flatten(), minlength=num_classes).double()
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # (N, h, w) nats
+    return Predictions(labels=labels, histogram=(counts / counts.sum()).numpy(),
+                       mean_confidence=float(probs.amax(dim=1).mean()),
+                       mean_entropy=float(entropy.mean() / math.log(num_classes)),
+                       finite=finite)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence of two histograms in nats (0 .. ln 2)."""
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nonzero = a > 0
+        return float((a[nonzero] * np.log(a[nonzero] / m[nonzero])).sum())
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def agreement(a: Predictions, b: Predictions) -> float:
+    """Fraction of pixels where both predict the same class."""
+    return float((a.labels == b.labels).double().mean())
+
+
+def _figures(candidate: Predictions, serving: Predictions, source: Predictions,
+             memory: Predictions) -> dict[str, Any]:
+    def r(value: float) -> float:
+        return round(float(value), 5)
+
+    return {
+        "confidence": {"candidate": r(candidate.mean_confidence),
+                       "serving": r(serving.mean_confidence), "source": r(source.mean_confidence)},
+        "entropy": {"candidate": r(candidate.mean_entropy), "serving": r(serving.mean_entropy),
+                    "source": r(source.mean_entropy)},
+        "largest_class_share": {"candidate": r(candidate.histogram.max()),
+                                "serving": r(serving.histogram.max()),
+                                "source": r(source.histogram.max())},
+        "js_vs_serving": r(js_divergence(candidate.histogram, serving.histogram)),
+        "js_vs_source": r(js_divergence(candidate.histogram, source.histogram)),
+        "memory_agreement": r(agreement(candidate, memory)),
+        "serving_agreement": r(agreement(candidate, serving)),
+    }
+
+
+def _reasons(candidate: Predictions, source: Predictions, figures: dict[str, Any],
+             cfg: HealthConfig) -> list[str]:
+    reasons = []
+    if not candidate.finite:
+        reasons.append("non-finite outputs")
+    share, source_share = candidate.histogram.max(), source.histogram.max()
+    if share > cfg.max_class_share and share > source_share + cfg.collapse_margin:
+        reasons.append(f"collapse: class {int(candidate.histogram.argmax())} takes {share:.0%} of "
+                       f"the pixels (source model: {source_share:.0%})")
+    if figures["js_vs_serving"] > cfg.max_js_vs_serving:
+        reasons.append(f"class distribution jumped: JS {figures['js_vs_serving']:.3f} vs the "
+                       f"engine in service > {cfg.max_js_vs_serving}")
+    if figures["js_vs_source"] > cfg.max_js_vs_source:
+        reasons.append(f"class distribution drifted: JS {figures['js_vs_source']:.3f} vs the "
+                       f"source model > {cfg.max_js_vs_source}")
+    rise = figures["entropy"]["candidate"] - figures["entropy"]["serving"]
+    if rise > cfg.max_entropy_rise:
+        reasons.append(f"entropy rose by {rise:.3f} > {cfg.max_entropy_rise}")
+    if figures["memory_agreement"] < cfg.min_memory_agreement:
+        reasons.append(f"agreement with the memory network {figures['memory_agreement']:.2%} < "
+                       f"{cfg.min_memory_agreement:.0%}")
+    return reasons
+
+
+def check_health(candidate: nn.Module, serving: nn.Module, source: nn.Module, memory: nn.Module,
+                 frames_bgr: np.ndarray, cfg: HealthConfig) -> HealthReport:
+    """Judge ``candidate`` on held-out uint8 (N, H, W, 3) BGR frames; see the module docstring."""
+    bad_tensors = non_finite_tensors(candidate)
+    if bad_tensors:
+        return HealthReport(False, [f"non-finite weights in {', '.join(bad_tensors[:3])}"],
+                            {"non_finite_tensors": len(bad_tensors)})
+    preds = {name: predict(model, frames_bgr) for name, model in
+             (("candidate", candidate), ("serving", serving), ("source", source),
+              ("memory", memory))}
+    figures = _figures(preds["candidate"], preds["serving"], preds["source"], preds["memory"])
+    figures["frames"] = int(len(frames_bgr))
+    reasons = _reasons(preds["candidate"], preds["source"], figures, cfg)
+    return HealthReport(not reasons, reasons, figures)
