@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "subscribe": ("iapc.runtime.subscribe_cli", "print the masks and status a runtime publishes"),
     "replay": ("iapc.runtime.replay", "replay Cityscapes sequences through the runtime and report"),
     "bridge": ("iapc.ros_bridge.cli", "republish masks to ROS 2 / MCAP / Foxglove"),
+    "keys": ("iapc.runtime.security", "make CURVE keys for iapc-runtime --curve-keys"),
 }
 
 

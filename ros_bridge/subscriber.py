@@ -7,6 +7,10 @@ queue never fills with stale masks, and ``receive()`` returns the freshest mask 
 
 Malformed messages are rejected with the specific :class:`ProtocolError`, counted by error class
 in ``counters.rejected``, and skipped; with ``strict=True`` the next ``receive`` raises the error.
+
+A runtime started with ``--curve-keys`` admits only allow-listed clients: pass
+``curve_server_key`` (its ``server.key``, see :func:`iapc.runtime.security.load_public_key`) and
+``curve_client_keys`` (this client's pair, :func:`iapc.runtime.security.load_client_keys`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import zmq
@@ -30,6 +34,9 @@ from iapc.runtime.protocol import (
     decode_mask_message,
     decode_status,
 )
+
+if TYPE_CHECKING:
+    from iapc.runtime.security import CurveClientKeys
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_RCVHWM = 8
@@ -85,10 +92,16 @@ class MaskSubscriber:
         rcvhwm: int = DEFAULT_RCVHWM,
         strict: bool = False,
         context: zmq.Context | None = None,
+        curve_server_key: bytes | None = None,
+        curve_client_keys: "CurveClientKeys | None" = None,
     ) -> None:
         self.topics = tuple(_check_topic(t) for t in topics)
         if not self.topics:
             raise UserError("subscribe to at least one topic: mask, conf or status")
+        if (curve_server_key is None) != (curve_client_keys is None):
+            raise UserError("CURVE needs both the server's public key and this client's key "
+                            "pair (curve_server_key and curve_client_keys)")
+        self._curve = (curve_server_key, curve_client_keys)
         self.address = address
         self.strict = strict
         self.counters = SubscriberCounters()
@@ -114,6 +127,11 @@ class MaskSubscriber:
         socket.setsockopt(zmq.LINGER, 0)
         for topic in self.topics:
             socket.setsockopt(zmq.SUBSCRIBE, topic)
+        server_key, client_keys = self._curve
+        if server_key is not None:
+            from iapc.runtime.security import secure_client_socket
+
+            secure_client_socket(socket, server_key, client_keys)
         try:
             socket.connect(address)
         except zmq.ZMQError as err:

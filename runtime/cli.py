@@ -20,8 +20,15 @@ SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
                 "cityscapes_sequence": "cityscapes", "synthetic": "synthetic"}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad options end as one ``iapc-runtime: error: ...`` line (exit 2), like every user error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see iapc-runtime --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iapc-runtime", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="iapc-runtime", description=__doc__.splitlines()[0])
     src = p.add_argument_group("frame source (one of)").add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="DEVICE", help="V4L2 camera, e.g. /dev/video0")
     src.add_argument("--video", metavar="FILE", help="a video file")
@@ -45,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("publishing")
     o.add_argument("--publish", metavar="ADDRESS", help="ZeroMQ PUB address (default tcp://127.0.0.1:5555)")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    o.add_argument("--curve-keys", metavar="DIR",
+                   help="encrypt with CURVE and admit only the clients in DIR/authorized "
+                        "(make keys with 'iapc keys --out DIR'); needed for non-loopback addresses")
     o.add_argument("--insecure", action="store_true", default=None,
                    help="allow binding a non-loopback address without CURVE")
     a = p.add_argument_group("adaptation")
@@ -73,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         if getattr(args, name) is not None:
             setattr(cfg.source, name, getattr(args, name))
     for name in ("model", "checkpoint", "num_classes", "backend", "input_size", "store", "run_dir",
-                 "confidence", "publish", "metrics_port", "insecure"):
+                 "confidence", "publish", "metrics_port", "curve_keys", "insecure"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.adapt is not None:
@@ -89,14 +99,19 @@ def check_config(cfg: RuntimeConfig) -> None:
     from iapc.runtime.publisher import check_bind_address
     from iapc.runtime.sources import make_source
 
-    check_bind_address(cfg.publish, allow_remote=cfg.insecure)
+    if cfg.curve_keys is not None:
+        from iapc.runtime.security import load_server_keys
+
+        load_server_keys(cfg.curve_keys)
+    check_bind_address(cfg.publish, allow_remote=cfg.insecure or cfg.curve_keys is not None)
     if cfg.backend == "torch":
         raise UserError("the inference loop runs without PyTorch: use --backend auto, "
                         "onnxruntime or tensorrt (the torch runner is for 'iapc export' checks)")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise UserError(f"checkpoint {cfg.checkpoint} does not exist: give the path of a .pth/.pt file")
-    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed)
-    if cfg.source.kind in ("video",):
+    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed,
+                         faults=cfg.source.faults)
+    if cfg.source.kind in ("video", "camera"):
         source.open()
         source.close()
 
@@ -118,10 +133,16 @@ def embedded_checkpoint(cfg: RuntimeConfig) -> str:
 class LiveFigures:
     """Prints the runtime's heartbeat as one line a second."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, curve_keys: str | None = None):
         from iapc.ros_bridge.subscriber import MaskSubscriber
 
-        self.subscriber = MaskSubscriber(address, topics=(b"status",), newest_wins=False)
+        curve = {}
+        if curve_keys is not None:  # the runtime admits its own first client key
+            from iapc.runtime.security import load_client_keys, load_public_key
+
+            curve = {"curve_server_key": load_public_key(Path(curve_keys) / "server.key"),
+                     "curve_client_keys": load_client_keys(Path(curve_keys) / "client.key_secret")}
+        self.subscriber = MaskSubscriber(address, topics=(b"status",), newest_wins=False, **curve)
 
     def __call__(self) -> None:
         try:
@@ -162,7 +183,7 @@ def _main(argv: list[str] | None) -> int:
     cfg = config_from_args(args)
     check_config(cfg)
     checkpoint = cfg.checkpoint or embedded_checkpoint(cfg)
-    live = None if args.quiet else LiveFigures(cfg.publish)
+    live = None if args.quiet else LiveFigures(cfg.publish, cfg.curve_keys)
     try:
         return Supervisor(cfg, checkpoint, on_status=live).run()
     finally:

@@ -64,6 +64,15 @@ class LiveScore:
         return float(self.matrix.compute().miou) * 100 if self.frames else None
 
 
+def curve_keys(cfg: RuntimeConfig):
+    """The CURVE server keys of ``--curve-keys DIR``, or None."""
+    if cfg.curve_keys is None:
+        return None
+    from iapc.runtime.security import load_server_keys
+
+    return load_server_keys(cfg.curve_keys)
+
+
 def run_inference(cfg: RuntimeConfig) -> int:
     from iapc.export.store import EngineStore
     from iapc.runtime.metrics import RuntimeMetrics
@@ -71,11 +80,13 @@ def run_inference(cfg: RuntimeConfig) -> int:
 
     run_dir = cfg.resolved_run_dir()
     store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
-    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed)
+    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed,
+                         faults=cfg.source.faults)
     source.open()
-    capture = CaptureThread(source, cfg.source.fps, cfg.source.max_frames, cfg.source.loop)
+    capture = CaptureThread(source, cfg.source.fps, cfg.source.max_frames, cfg.source.loop,
+                            retry_max_s=cfg.source.retry_max_s)
     engines = EngineManager(store, make_runner_loader(cfg), cfg.input_size)
-    publisher = MaskPublisher(cfg.publish, allow_remote=cfg.insecure)
+    publisher = MaskPublisher(cfg.publish, allow_remote=cfg.insecure, curve=curve_keys(cfg))
     metrics = RuntimeMetrics(port=cfg.metrics_port) if cfg.metrics_port is not None else None
     events = EventReceiver(ipc_address(run_dir, "events.sock"))
     handoff = (FrameHandoff(ipc_address(run_dir, "frames.sock"))
@@ -110,7 +121,9 @@ def run_inference(cfg: RuntimeConfig) -> int:
                "handoff_dropped": handoff.dropped if handoff else 0,
                "publish_dropped": stats.publish_dropped, "swaps": stats.swap_log,
                "engine_version": engines.version, "miou": score.miou(),
-               "finished_ns": time.time_ns()}
+               "decisions": stats.decisions, "source_outages": capture.outages,
+               "faults_injected": getattr(source, "injected", None),
+               "engines_rejected": engines.rejected, "finished_ns": time.time_ns()}
     (run_dir / "inference_summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -4,6 +4,11 @@ Runs in the inference process (no torch). Between two frames it takes a standby 
 :class:`~iapc.runtime.swap.EngineManager` has already loaded and warmed, so a swap costs one
 pointer assignment on the hot path. Frames for adaptation are offered to the daemon through a
 non-blocking hand-off; nothing here ever waits on the daemon or on subscribers.
+
+Every decision and fault reaches the status topic (``kind`` ``adaptation``, ``engine``,
+``source``) and the ``iapc_runtime_events`` metric: engines deployed or rejected by the daemon's
+gates, rollbacks, failed exports, daemon restarts, engines that failed to load here, and camera
+outages. Bad frames are skipped and counted (``frames_failed``), never fatal.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class LoopStats:
     swaps: int = 0
     swap_log: list[dict] = field(default_factory=list)
     last_frame_id: int = -1
+    decisions: dict[str, int] = field(default_factory=dict)  # event kind -> count
 
 
 class InferenceLoop:
@@ -103,18 +109,46 @@ class InferenceLoop:
                                      encoding=ENCODING_CONFIDENCE)
             self.publisher.publish_mask(conf_header, conf, topic=TOPIC_CONF)
 
+    def _count(self, kind: str) -> None:
+        self.stats.decisions[kind] = self.stats.decisions.get(kind, 0) + 1
+        if self.metrics:
+            self.metrics.count_event(kind)
+
+    @staticmethod
+    def _decision(event: dict) -> str:
+        """The metric kind of a daemon/supervisor event: deployed, rejected_health, ..."""
+        kind = event.get("type", "unknown")
+        if kind == "version":
+            return "deployed"
+        if kind == "rejected":
+            return f"rejected_{event.get('gate', 'parity')}"
+        return kind
+
     def _drain_events(self) -> None:
         if self.events is None:
             return
         for event in self.events.poll(0):
             if event.get("type") == "version":
                 self.engines.notify()
-            elif event.get("type") == "stats":
+            if event.get("type") == "stats":
                 self.adaptation = event
                 if self.metrics and "total" in event:
                     self.metrics.observe_adaptation(event["total"], event.get("new_steps", 1))
-            if event.get("type") in ("version", "rejected", "rollback"):
-                self.publisher.publish_status({"kind": "adaptation", **event})
+                continue
+            self._count(self._decision(event))
+            self.publisher.publish_status({"kind": "adaptation", **event})
+
+    def _report_faults(self) -> None:
+        """Engines that failed to load here, and source outages, onto the status topic."""
+        for report in self.engines.take_reports():
+            self._count("engine_rejected")
+            self.publisher.publish_status({"kind": "engine", "state": "rejected",
+                                           "in_service": self.engines.version, **report})
+        events = getattr(self.capture, "source_events", None)
+        while events:
+            event = events.popleft()
+            self._count(f"source_{event['state']}")
+            self.publisher.publish_status({**event, "time_ns": time.time_ns()})
 
     def _status(self, now: float) -> None:
         if now - self._last_status < self.status_every:
@@ -129,6 +163,9 @@ class InferenceLoop:
             "handoff_dropped": self.handoff.dropped if self.handoff else 0,
             "publish_dropped": self.stats.publish_dropped,
             "fps": round(self.rate.rate(), 2),
+            "source": {"state": "lost" if getattr(self.capture, "in_outage", False) else "ok",
+                       "outages": getattr(self.capture, "outages", 0)},
+            "decisions": dict(self.stats.decisions),
             "latency_ms": {k: (round(v * 1e3, 3) if v == v else None)  # NaN before any frame
                            for k, v in self.latency.percentiles().items()},
             "adaptation": {k: v for k, v in self.adaptation.items() if k != "type"},
@@ -143,6 +180,7 @@ class InferenceLoop:
             outputs = self.engines.runner.infer(batch)
         except Exception as err:  # a bad frame or an engine fault must never stop the loop
             self.stats.frames_failed += 1
+            self._count("bad_frame")
             log.warning("frame %d skipped: %s", frame.index, err)
             return
         self._publish(frame, outputs)
@@ -163,6 +201,7 @@ class InferenceLoop:
         """Process frames until the source ends or :meth:`stop` is called."""
         while not self._stop.is_set():
             self._drain_events()
+            self._report_faults()
             self._swap_if_ready()
             now = time.monotonic()
             self._status(now)

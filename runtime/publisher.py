@@ -6,8 +6,9 @@ subscriber only*, so a slow or dead client loses frames while the loop and the o
 libzmq does not report those per-subscriber drops; ``counters.dropped`` counts the messages the
 socket refused outright (``zmq.Again``), which the loop sees.
 
-Not yet here: CURVE encryption (``zmq.CURVE_SERVER`` with a server key pair). Until it exists a
-non-loopback address is refused unless the caller passes ``allow_remote=True`` (``--insecure``).
+Security: a non-loopback address is refused unless the socket uses CURVE (``curve=`` server keys
+from :mod:`iapc.runtime.security`: encrypted, only allow-listed clients receive anything) or the
+caller passes ``allow_remote=True`` (``--insecure``).
 
 A socket is not thread-safe: publish from one thread (the inference loop).
 """
@@ -17,13 +18,16 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import zmq
 
 from iapc.errors import UserError
 from iapc.runtime.protocol import TOPIC_MASK, MaskHeader, encode_mask_message, encode_status
+
+if TYPE_CHECKING:
+    from iapc.runtime.security import CurveServerKeys
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # Messages queued per subscriber before that subscriber's messages are dropped: about two frames
@@ -86,8 +90,9 @@ class MaskPublisher:
         allow_remote: bool = False,
         stamp_publish_time: bool = True,
         context: zmq.Context | None = None,
+        curve: "CurveServerKeys | None" = None,
     ) -> None:
-        check_bind_address(address, allow_remote)
+        check_bind_address(address, allow_remote or curve is not None)
         self.stamp_publish_time = stamp_publish_time
         self.counters = PublisherCounters()
         self._own_context = context is None
@@ -96,6 +101,12 @@ class MaskPublisher:
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, linger)  # close() never waits on a dead subscriber
         self._closed = False
+        self._auth = None
+        if curve is not None:
+            from iapc.runtime.security import secure_server_socket, start_authenticator
+
+            self._auth = start_authenticator(self._context, curve.authorized_dir)
+            secure_server_socket(self._socket, curve)
         try:
             self._socket.bind(address)
         except zmq.ZMQError as err:
@@ -151,6 +162,8 @@ class MaskPublisher:
             return
         self._closed = True
         self._socket.close()
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_context:
             self._context.term()
 

@@ -2,13 +2,17 @@
 thread that feeds the inference loop. No torch here: this runs in the inference process.
 
 A source yields :class:`Frame` objects with uint8 (H, W, 3) BGR images, as OpenCV delivers them.
+A source whose device goes away raises :class:`SourceOutage`; the capture thread then reopens it
+with backoff until it is back (the loop reports the outage on the status topic).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,11 @@ import numpy as np
 from iapc.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+RETRY_FIRST_S = 0.1  # first wait before reopening a lost source; doubles up to retry_max_s
+
+
+class SourceOutage(Exception):
+    """The device is gone or failing (unplugged camera, read errors): retry later."""
 
 
 @dataclass
@@ -45,6 +54,11 @@ class FrameSource:
     def close(self) -> None:
         """Release the device or file."""
 
+    def reopen(self) -> None:
+        """After a :class:`SourceOutage`: release and acquire again (raises while still gone)."""
+        self.close()
+        self.open()
+
 
 class CaptureSource(FrameSource):
     """A V4L2 camera (``/dev/video0`` or an index) or a video file, through ``cv2.VideoCapture``."""
@@ -55,8 +69,26 @@ class CaptureSource(FrameSource):
         self.live = camera
         self._capture: cv2.VideoCapture | None = None
 
+    def _check_device(self) -> None:
+        """A camera path must be a readable character device (checked before OpenCV, whose
+        failures are multi-line warnings rather than errors)."""
+        if self.location.isdigit():
+            return
+        try:
+            mode = os.stat(self.location).st_mode
+        except OSError as err:
+            raise UserError(f"camera {self.location}: {err.strerror}; check that it is plugged in "
+                            "and that /dev/video* exists, or use --video/--images/--synthetic") from None
+        if not stat.S_ISCHR(mode):
+            raise UserError(f"camera {self.location} is not a video device: give a V4L2 device "
+                            "such as /dev/video0 (a file goes to --video)")
+        if not os.access(self.location, os.R_OK):
+            raise UserError(f"camera {self.location} is not readable: add your user to group "
+                            "'video' or fix its permissions")
+
     def open(self) -> None:
         if self.camera:
+            self._check_device()
             device = int(self.location) if self.location.isdigit() else self.location
             capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
             hint = ("check that it is plugged in, that /dev/video* exists and that you may read "
@@ -81,7 +113,9 @@ class CaptureSource(FrameSource):
         while True:
             image = self.read()
             if image is None:
-                return
+                if self.camera:  # a camera does not end: it failed or was unplugged
+                    raise SourceOutage(f"camera {self.location} stopped delivering frames")
+                return  # end of the video file
             yield Frame(image, index, time.time_ns())
             index += 1
 
@@ -169,8 +203,93 @@ class SyntheticSource(FrameSource):
                         f"{self.domain}_{index:06d}")
 
 
-def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0) -> FrameSource:
-    """The source named by the command line (``--camera``, ``--video``, ...)."""
+@dataclass
+class FaultSchedule:
+    """Faults a :class:`FaultySource` injects, as probabilities per frame (seeded, repeatable).
+
+    Written ``"bad=0.01,resize=0.01,outage=0.002,outage_s=0.5"`` in ``source.faults``.
+    """
+
+    bad: float = 0.0  # corrupt frame: empty, one channel or float pixels (skipped, counted)
+    resize: float = 0.0  # frame at another size (resized by the loop)
+    outage: float = 0.0  # the device goes away ...
+    outage_s: float = 0.5  # ... for this long
+
+    @classmethod
+    def parse(cls, text: str) -> "FaultSchedule":
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name not in cls.__dataclass_fields__:
+                raise UserError(f"unknown fault {name!r} in {text!r}: use "
+                                f"{', '.join(cls.__dataclass_fields__)}")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                raise UserError(f"fault {name} needs a number, e.g. {name}=0.01") from None
+        return cls(**values)
+
+
+class FaultySource(FrameSource):
+    """Wraps a recorded source and injects :class:`FaultSchedule` faults (tests, soak runs).
+
+    ``injected`` counts what was injected, by kind. The wrapped stream goes on where it was after
+    an outage, as a camera's scene would.
+    """
+
+    def __init__(self, inner: FrameSource, schedule: FaultSchedule, seed: int = 0):
+        self.inner, self.schedule = inner, schedule
+        self.rng = np.random.default_rng(seed + 7919)
+        self.injected = {"bad": 0, "resize": 0, "outage": 0}
+        self._stream: Iterator[Frame] | None = None
+        self._back_at = 0.0  # monotonic time the device returns after an outage
+
+    def open(self) -> None:
+        if time.monotonic() < self._back_at:
+            raise SourceOutage("injected outage: device not back yet")
+        if self._stream is None:
+            self.inner.open()
+            self._stream = self.inner.frames()
+
+    reopen = open  # the wrapped stream stays open across injected outages
+
+    def frames(self) -> Iterator[Frame]:
+        for frame in self._stream:
+            draw = self.rng.random()
+            s = self.schedule
+            if draw < s.outage:
+                self.injected["outage"] += 1
+                self._back_at = time.monotonic() + s.outage_s
+                raise SourceOutage("injected outage: device unplugged")
+            if draw < s.outage + s.bad:
+                self.injected["bad"] += 1
+                frame.image = self._corrupt(frame.image)
+            elif draw < s.outage + s.bad + s.resize:
+                self.injected["resize"] += 1
+                height, width = frame.image.shape[:2]
+                frame.image = cv2.resize(frame.image, (width * 3 // 2, height // 2 + 1))
+            yield frame
+
+    def _corrupt(self, image: np.ndarray) -> np.ndarray:
+        kind = self.rng.integers(3)
+        if kind == 0:
+            return image[:0]  # (0, W, 3): an empty frame
+        if kind == 1:
+            return image[..., 0]  # (H, W): one channel
+        return image.astype(np.float32)  # wrong pixel type
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0,
+                faults: str | None = None) -> FrameSource:
+    """The source named by the command line (``--camera``, ``--video``, ...); ``faults``
+    (a :class:`FaultSchedule`) wraps a synthetic stream in a :class:`FaultySource`."""
+    if faults and kind != "synthetic":
+        raise UserError("source.faults works with the synthetic source only")
+    if faults:
+        return FaultySource(SyntheticSource(location, size, seed), FaultSchedule.parse(faults), seed)
     if kind == "camera":
         return CaptureSource(location, camera=True)
     if kind == "video":
@@ -196,8 +315,14 @@ class CaptureThread(threading.Thread):
     """
 
     def __init__(self, source: FrameSource, fps: float | None = None, max_frames: int | None = None,
-                 loop: bool = False):
+                 loop: bool = False, retry_max_s: float = 5.0):
         super().__init__(name="capture", daemon=True)
+        self.retry_max_s = retry_max_s
+        self.outages = 0
+        self.retries = 0
+        self.in_outage = False
+        # {"kind": "source", "state": "lost"|"resumed", ...} for the loop to publish
+        self.source_events: deque[dict] = deque(maxlen=64)
         self.source = source
         self.fps = fps
         self.max_frames = max_frames
@@ -211,28 +336,59 @@ class CaptureThread(threading.Thread):
         self.dropped = 0
 
     def run(self) -> None:
-        period = 1.0 / self.fps if self.fps else 0.0
-        next_due = time.perf_counter()
         try:
             while not self._stop.is_set():
-                for frame in self.source.frames():
-                    if self._stop.is_set() or self._reached_max():
+                try:
+                    if self._pump():
                         return
-                    if period:
-                        next_due += period
-                        delay = next_due - time.perf_counter()
-                        if delay > 0:
-                            time.sleep(delay)
-                    frame.index = self.captured
-                    frame.capture_ns = time.time_ns()
-                    self._hand_over(frame)
-                    self.captured += 1
+                except SourceOutage as err:
+                    self._recover(str(err))
+                    continue
                 if not self.loop or self.captured == 0:
                     return
         finally:
             with self._cond:
                 self.finished = True
                 self._cond.notify_all()
+
+    def _pump(self) -> bool:
+        """Hand over the source's frames; True when stopped or at max_frames, False at its end."""
+        period = 1.0 / self.fps if self.fps else 0.0
+        next_due = time.perf_counter()
+        for frame in self.source.frames():
+            if self._stop.is_set() or self._reached_max():
+                return True
+            if period:
+                next_due += period
+                delay = next_due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            frame.index = self.captured
+            frame.capture_ns = time.time_ns()
+            self._hand_over(frame)
+            self.captured += 1
+        return self._stop.is_set() or self._reached_max()
+
+    def _recover(self, reason: str) -> None:
+        """Reopen a lost source with backoff (0.1 s doubling up to retry_max_s) until it is back."""
+        self.outages += 1
+        self.in_outage = True
+        lost_at = time.monotonic()
+        self.source_events.append({"kind": "source", "state": "lost", "reason": reason,
+                                   "outages": self.outages, "at_frame": self.captured})
+        delay = RETRY_FIRST_S
+        while not self._stop.wait(delay):
+            try:
+                self.source.reopen()
+                break
+            except (SourceOutage, UserError) as err:
+                self.retries += 1
+                reason = str(err)
+                delay = min(delay * 2, self.retry_max_s)
+        self.in_outage = False
+        self.source_events.append({"kind": "source", "state": "resumed",
+                                   "outage_s": round(time.monotonic() - lost_at, 3),
+                                   "retries": self.retries, "outages": self.outages})
 
     def _reached_max(self) -> bool:
         return self.max_frames is not None and self.captured >= self.max_frames

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,6 +41,7 @@ class EngineManager:
         self.runner = None
         self.version = 0
         self.rejected: dict[int, str] = {}  # versions that failed to load, with the reason
+        self._reports: deque[dict] = deque(maxlen=64)  # new rejections, for the status topic
         self._pending: ReadyEngine | None = None
         self._retired: list[object] = []
         self._lock = threading.Lock()
@@ -59,9 +61,7 @@ class EngineManager:
             runner.activate()
             self._warm(runner)
         except Exception as err:  # a corrupt engine must not take the loop down
-            self.rejected[version.number] = f"{type(err).__name__}: {err}"
-            log.error("engine %s could not be loaded, keeping v%d: %s", version.name,
-                      self.version, err)
+            self._reject(version.number, f"{type(err).__name__}: {str(err)[:300]}")
             runner.deactivate()
             return None
         return ReadyEngine(version.number, runner, time.perf_counter() - start)
@@ -79,6 +79,21 @@ class EngineManager:
             time.sleep(self.poll_interval)
         return False
 
+    def _reject(self, number: int, reason: str) -> None:
+        """Never try ``number`` again; report it once."""
+        if number in self.rejected:
+            return
+        self.rejected[number] = reason
+        self._reports.append({"version": number, "reason": reason})
+        log.error("engine v%d rejected, keeping v%d: %s", number, self.version, reason)
+
+    def take_reports(self) -> list[dict]:
+        """Versions rejected since the last call: ``{"version", "reason"}`` each."""
+        reports = []
+        while self._reports:
+            reports.append(self._reports.popleft())
+        return reports
+
     def _newer_version(self):
         name = self.store.current_name()
         if name is None:
@@ -87,7 +102,11 @@ class EngineManager:
         pending = self._pending.version if self._pending else self.version
         if number <= pending or number in self.rejected:
             return None
-        return self.store.current()  # verified: hashes checked, or falls back
+        resolution = self.store.resolve_current()  # verified: hashes checked, or falls back
+        if resolution.problems and (resolution.version is None
+                                    or resolution.version.number != number):
+            self._reject(number, "; ".join(resolution.problems))  # damaged: hash, manifest
+        return resolution.version
 
     def _watch(self) -> None:
         while not self._stop.is_set():
