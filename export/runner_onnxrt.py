@@ -19,6 +19,9 @@ class OrtOptions:
 
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
+    # Idle worker threads spin by default, burning CPU the adaptation process (and anything
+    # measured beside them) needs; off unless asked for.
+    allow_spinning: bool = False
 
 
 def ort_cuda_available() -> bool:
@@ -63,6 +66,9 @@ def session_options(options: OrtOptions):
         so.intra_op_num_threads = int(options.intra_op_threads)
     if options.inter_op_threads is not None:
         so.inter_op_num_threads = int(options.inter_op_threads)
+    spinning = "1" if options.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     return so
 
 
