@@ -44,16 +44,21 @@ def resolve_device(name: str) -> "torch.device":
     return torch.device(name)
 
 
+def logits_to_train_ids(logits: "torch.Tensor", label_size: tuple[int, int]) -> "torch.Tensor":
+    """(N, K, h, w) logits -> int64 (N, H, W) train ids, upsampled bilinearly
+    (``align_corners=True``) to ``label_size`` = (H, W) before the argmax."""
+    import torch.nn.functional as F
+
+    return F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=True).argmax(1)
+
+
 def predict_train_ids(model: "nn.Module", images_rgb: "torch.Tensor",
                       label_size: tuple[int, int]) -> "torch.Tensor":
     """uint8 (N, 3, h, w) RGB -> int64 (N, H, W) train ids at ``label_size`` = (H, W)."""
-    import torch.nn.functional as F
-
     from iapc.adapt.preprocessing import normalize
 
     logits, _ = model(normalize(images_rgb, model.norm))  # (N, K, h/os, w/os)
-    logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=True)
-    return logits.argmax(1)
+    return logits_to_train_ids(logits, label_size)
 
 
 def _load_eval_pair(sample: "Sample", size: tuple[int, int]):
@@ -79,7 +84,7 @@ def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[i
     import torch
 
     from iapc.adapt.metrics import ConfusionMatrix
-    from iapc.adapt.preprocessing import camera_to_rgb
+    from iapc.adapt.preprocessing import camera_to_rgb, normalize
 
     if not samples:
         raise UserError("nothing to evaluate: the sample list is empty")
@@ -97,9 +102,9 @@ def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[i
         for start in chunks:
             pairs = [_load_eval_pair(s, size) for s in samples[start:start + batch_size]]
             rgb = camera_to_rgb(torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev))  # (N, 3, h, w)
+            logits, _ = model(normalize(rgb, model.norm))  # (N, K, h/os, w/os), one batch
             for i, (_, label) in enumerate(pairs):  # labels may differ in size: one by one
-                pred = predict_train_ids(model, rgb[i:i + 1], label.shape)[0]
-                metric.update(pred.cpu(), label)
+                metric.update(logits_to_train_ids(logits[i:i + 1], label.shape)[0].cpu(), label)
     return metric.compute(classes)
 
 
