@@ -112,8 +112,8 @@ class MaskPublisher:
         except zmq.ZMQError as err:
             self.close()
             raise UserError(
-                f"cannot bind {address}: {err.strerror}; pick a free port with --address or stop "
-                "the process that holds it"
+                f"cannot bind {address}: {err.strerror}; pick a free port or stop the process "
+                "that holds it"
             ) from err
         # The resolved address: "tcp://127.0.0.1:*" becomes the real port.
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
