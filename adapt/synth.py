@@ -77,6 +77,7 @@ class DomainStyle:
     car_colors: tuple[BGR, ...]  # body colours of vehicles
     clothes_colors: tuple[BGR, ...]  # clothes of persons and riders
     color_jitter: float = 0.08  # per-instance multiplicative colour variation
+    scene_jitter: float = 0.1  # per-scene, per-class variation of the palette (B, G, R apart)
     # --- texture: class -> (fine grain, low-frequency blotch) amplitude in intensity units
     texture: dict[str, tuple[float, float]] = field(default_factory=dict)
     window_lit: float = 0.0  # probability a window glows (night)
@@ -133,7 +134,9 @@ _SOURCE = DomainStyle(
     car_colors=((40, 40, 220), (220, 90, 30), (40, 200, 240), (230, 230, 230), (60, 170, 40),
                 (200, 60, 200), (20, 20, 20)),
     clothes_colors=((200, 60, 40), (40, 40, 200), (40, 180, 230), (60, 160, 60), (230, 230, 230)),
-    color_jitter=0.05,
+    # every scene repaints each class (hue and brightness) so that a model trained here must
+    # learn shapes and context, not one colour per class
+    color_jitter=0.15, scene_jitter=0.25,
     # light, regular textures and a clean sensor (rendered-game look)
     texture={"road": (4.0, 5.0), "sidewalk": (3.0, 5.0), "building": (3.0, 5.0),
              "vegetation": (8.0, 8.0), "terrain": (5.0, 6.0), "car": (2.0, 2.0)},
@@ -291,6 +294,7 @@ class SceneLayout:
     skyline: tuple[tuple[float, float, int], ...]  # (column fraction, height m, label id)
     sun_azimuth: float  # radians; 0 = sun ahead, pi/2 = sun on the right
     texture_seed: int
+    palette: dict[str, BGR]  # this scene's colours: the domain's palette, varied per scene
 
     @property
     def road_half(self) -> float:
@@ -298,8 +302,9 @@ class SceneLayout:
 
 
 def _jitter(rng: np.random.Generator, color: BGR, amount: float) -> BGR:
-    scale = 1.0 + amount * rng.standard_normal(3)
-    return tuple(int(c) for c in np.clip(np.asarray(color) * scale, 0, 255))
+    """Vary a colour: brightness by ``amount`` (relative sd), each channel by half of it."""
+    scale = (1.0 + amount * rng.standard_normal()) * (1.0 + 0.5 * amount * rng.standard_normal(3))
+    return tuple(int(c) for c in np.clip(np.asarray(color) * np.maximum(scale, 0.2), 0, 255))
 
 
 def _count(rng: np.random.Generator, style: DomainStyle, kind: str, length: float) -> int:
@@ -341,7 +346,8 @@ def _sample_blocks(rng: np.random.Generator, style: DomainStyle, road_edge: floa
     return blocks
 
 
-def _vehicle(rng, style, kind, s, d, speed, facing) -> Thing:
+def _vehicle(rng: np.random.Generator, style: DomainStyle, kind: str, s: float, d: float,
+             speed: float, facing: int) -> Thing:
     width, length, height = {"car": (1.8, 4.4, 1.5), "truck": (2.5, 8.0, 3.4),
                              "bus": (2.6, 12.0, 3.2)}[kind]
     scale = float(rng.uniform(0.9, 1.1))
@@ -378,7 +384,8 @@ def _sample_traffic(rng: np.random.Generator, style: DomainStyle, cam: Camera, l
     return things
 
 
-def _person(rng, style, s, d, speed, lateral_speed=0.0) -> Thing:
+def _person(rng: np.random.Generator, style: DomainStyle, s: float, d: float, speed: float,
+            lateral_speed: float = 0.0) -> Thing:
     clothes = style.clothes_colors[int(rng.integers(len(style.clothes_colors)))]
     return Thing("person", s, d, 0.5, 0.4, float(rng.uniform(1.55, 1.9)),
                  _jitter(rng, clothes, style.color_jitter), speed, lateral_speed, 1,
@@ -440,6 +447,8 @@ def _sample_skyline(rng: np.random.Generator, style: DomainStyle) -> tuple:
 def sample_layout(rng: np.random.Generator, style: DomainStyle,
                   duration: float = SEQUENCE_LENGTH / SEQUENCE_FPS) -> SceneLayout:
     """Sample one scene, long enough for the camera to drive for ``duration`` seconds."""
+    palette = {name: _jitter(rng, color, style.scene_jitter) for name, color in style.palette.items()}
+    style = replace(style, palette=palette)  # objects below are coloured from the scene palette
     lanes = int(rng.choice(style.lanes))
     lane_width = float(rng.uniform(3.0, 3.6))
     sidewalk = float(rng.uniform(*style.sidewalk_width))
@@ -453,7 +462,7 @@ def sample_layout(rng: np.random.Generator, style: DomainStyle,
     blocks = _sample_blocks(rng, style, half + sidewalk, (s_range[0] - 20, s_range[1] + 60))
     return SceneLayout(cam, lanes, lane_width, sidewalk, tuple(blocks), tuple(things),
                        _sample_skyline(rng, style), float(rng.uniform(-np.pi, np.pi)),
-                       int(rng.integers(1 << 30)))
+                       int(rng.integers(1 << 30)), palette)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +560,7 @@ def _strip(view: _View, d0: float, d1: float, z0: float, z1: float, n: int = 24)
 
 def _draw_road(canvas: _Canvas, view: _View, style: DomainStyle, layout: SceneLayout) -> None:
     half, sw = layout.road_half, layout.sidewalk_width
-    z_near = _NEAR
+    z_near = _NEAR  # strips run from just in front of the camera to the end of the road
     for side in (-1, 1):
         canvas.fill([_strip(view, side * half, side * (half + sw), z_near, _FAR)],
                     style.palette["sidewalk"], "sidewalk", None)
@@ -1047,7 +1056,7 @@ def _apply_sensor(img: np.ndarray, rng: np.random.Generator, style: DomainStyle)
         lut = (255.0 * (np.arange(256) / 255.0) ** style.gamma).round().astype(np.uint8)
         out = cv2.LUT(out, lut)
     if style.jpeg_quality > 0:
-        ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
+        _, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
         out = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
     return out
 
@@ -1074,6 +1083,7 @@ def render_scene(rng: np.random.Generator, style: DomainStyle, size: tuple[int, 
     width, height = _check_size(size)
     if layout is None:
         layout = sample_layout(rng, style)
+    style = replace(style, palette=layout.palette)
     view = _View(layout.camera, width, height, layout.camera.speed * t)
     canvas = _Canvas(width, height, with_depth=style.fog_density > 0)
     _draw_geometry(canvas, view, style, layout, t)
@@ -1126,7 +1136,7 @@ def _write_labelled(root: Path, split: str, name: str, image: np.ndarray, label:
     _write_png(gt / f"{name}_gtFine_color.png", color_rgb[..., ::-1])
 
 
-def write_scene(root: Path, style: DomainStyle, domain: str, split: str, index: int,
+def _write_scene(root: Path, style: DomainStyle, domain: str, split: str, index: int,
                 size: tuple[int, int], with_sequence: bool, seed: int) -> None:
     """Write scene ``index`` of ``split``: its annotated frame (the 20th of its sequence) and,
     if ``with_sequence``, all 30 frames under ``leftImg8bit_sequence``."""
@@ -1165,7 +1175,7 @@ def write_domain(root: str | os.PathLike, domain: str, split_sizes: dict[str, in
     for split, count in split_sizes.items():
         for index in range(count):
             with_sequence = index < sequences
-            write_scene(root, style, domain, split, index, size, with_sequence, seed)
+            _write_scene(root, style, domain, split, index, size, with_sequence, seed)
             written += SEQUENCE_LENGTH + 1 if with_sequence else 1
             if progress is not None:
                 progress(1)
