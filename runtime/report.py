@@ -9,6 +9,7 @@ mIoU figures are percentages over the classes chosen with ``--classes``, compute
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import platform
@@ -122,7 +123,7 @@ def version_changes(record) -> list[dict]:
 def swap_timeline(record) -> list[dict]:
     """Each hot-swap with the time from new weights to engine in service.
 
-    ``export_s`` (daemon: export, parity check, store) comes with the version's adaptation event,
+    ``export_s`` (daemon: export, parity and health checks, store) comes with the version's adaptation event,
     ``ready_s`` (inference: load and warm-up) with the swap message; their sum is the time from
     new weights to the engine serving frames.
     """
@@ -177,8 +178,7 @@ def adaptation_summary(record) -> dict:
     events = [s for s in record.statuses if s.get("kind") == "adaptation"]
     return {"steps": max((c.get("step", 0) for c in curve), default=0),
             "last_losses": curve[-1] if curve else {}, "curve": curve,
-            "events": {kind: sum(1 for e in events if e.get("type") == kind)
-                       for kind in ("version", "rejected", "rollback")}}
+            "events": dict(collections.Counter(str(e.get("type")) for e in events))}
 
 
 def run_summary(record, plan, classes: str) -> dict:

@@ -1,0 +1,112 @@
+"""Continual protocol on the synthetic target domains: city -> night -> fog -> rain, repeated.
+
+Replays the four generated target domains in turn for ``--rounds`` rounds through the real
+runtime (``iapc replay --cycle``: supervisor, inference process, adaptation daemon, exports,
+hot-swaps, ZeroMQ), starting from the embedded synthetic source model, and compares per-round,
+per-domain mIoU of the adapted stream with the source-only engine over the same frames.
+
+Goal: no domain's last-round mIoU below its first round by more than 0.5 point (no forgetting,
+no collapse), and every domain above source-only.
+
+    .venv/bin/python benchmarks/bench_continual.py                 # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_continual.py --rounds 2 --sequences 2   # a quick look
+
+The full report (report.json, report.md, plots) goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+DOMAINS = ("city", "night", "fog", "rain")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--sequences", type=int, default=10,
+                   help="30-frame val snippets per domain (one annotated frame each)")
+    p.add_argument("--rate", type=float, default=17.0, help="replay rate, frames per second")
+    p.add_argument("--export-every-steps", type=int, default=20,
+                   help="adaptation steps between engine exports")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="source model (default: the embedded synthetic one, trained on first use)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="where the domains are written (default: the iapc cache)")
+    p.add_argument("--out", type=Path, default=Path("bench_continual"))
+    return p.parse_args()
+
+
+def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[Path]:
+    """The four target domains with ``sequences`` val snippets each, written once."""
+    from iapc.adapt.synth import write_domain
+
+    roots = []
+    for domain in DOMAINS:
+        root = folder / domain
+        done = root / ".complete"
+        if not done.is_file():
+            write_domain(root, domain, split_sizes={"val": sequences}, size=size,
+                         sequences=sequences)
+            done.touch()
+        roots.append(root)
+    return roots
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_table(report: dict) -> None:
+    """Per round and domain: adapted, source-only, their ratio; then the goals."""
+    print(f"{'round':>5} {'domain':>6} {'adapted':>8} {'source':>8} {'ratio':>6}")
+    for row in report["continual"]["table"]:
+        adapted, source = row["adapted"], row["source_only"]
+        ratio = adapted / source if adapted is not None and source else None
+        print(f"{row['round']:>5} {row['domain']:>6} {_num(adapted, 8, 2)} {_num(source, 8, 2)} "
+              f"{_num(ratio, 6, 3)}")
+    goals = report["continual"]["goals"]
+    for domain, d in goals["per_domain"].items():
+        print(f"{domain:>6}: round 1 {d['first_round']:.2f} -> round {report['replay']['rounds']} "
+              f"{d['last_round']:.2f} ({d['change']:+.2f}); smallest gain over source-only "
+              f"{_num(d['min_gain_over_source'], 0, 2)}")
+    print(f"no forgetting (last >= first - {goals['tolerance_points']}): {goals['no_forgetting']}; "
+          f"above source-only everywhere: {goals['above_source_only']}")
+
+
+def main() -> int:
+    from iapc.adapt.embedded import EMBEDDED_SIZE, cache_dir, ensure_source_model
+    from iapc.runtime.replay import ReplayConfig, run_replay
+    from iapc.runtime.report import headline
+
+    args = parse_args()
+    started = datetime.datetime.now().astimezone()
+    data = args.data or cache_dir() / "synthetic" / f"continual_{args.sequences}seq"
+    roots = write_domains(data, args.sequences, EMBEDDED_SIZE)
+    checkpoint = args.checkpoint or ensure_source_model("tiny")
+    args.out.mkdir(parents=True, exist_ok=True)
+    runtime_yaml = args.out / "runtime.yaml"
+    runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n")
+    cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
+                       model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),
+                       out=args.out)
+    report = run_replay(cfg)
+    print(f"# bench_continual: {started:%Y-%m-%d %H:%M %Z} on {platform.node()} "
+          f"({platform.processor() or platform.machine()})")
+    print(f"# command: {shlex.join([sys.executable] + sys.argv)}")
+    print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {args.sequences} snippets "
+          f"({report['replay']['frames_per_round']} frames/round) at {args.rate:g} fps, "
+          f"engine {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]}")
+    print_table(report)
+    print(headline(report))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
