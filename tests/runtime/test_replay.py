@@ -223,3 +223,16 @@ def test_unlabelled_roots_are_refused(tmp_path):
         label.unlink()
     with pytest.raises(UserError, match="nothing to evaluate"):
         build_plan([tmp_path / "fog"], "val", 1)
+
+
+def test_plan_maps_frame_ids_of_any_split_and_round_back_to_files(tmp_path):
+    from iapc.runtime.replay import build_plan
+
+    write_domain(tmp_path / "rain", "rain", split_sizes={"train": 1}, size=SIZE, sequences=1)
+    plan = build_plan([tmp_path / "rain"], "train", rounds=2)
+    assert plan.runtime_location == str(tmp_path / "rain" / "leftImg8bit_sequence" / "train")
+    assert plan.total_frames == 2 * SEQUENCE_LENGTH
+    round_index, frame = plan.locate(SEQUENCE_LENGTH + ANNOTATED_FRAME)
+    assert round_index == 1 and frame.name == f"synthrain_000000_{ANNOTATED_FRAME:06d}"
+    assert frame.label is not None and frame.label.is_file()
+    assert [f.position for f in plan.frames if f.label is not None] == [ANNOTATED_FRAME]
