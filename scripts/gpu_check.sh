@@ -3,7 +3,8 @@
 # benchmarks, then a short table. Works with PyTorch+CUDA and ONNX Runtime (CPU) but no TensorRT:
 # the TensorRT parts then report "skipped: no TensorRT".
 #
-#   scripts/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
+#   scripts/gpu_check.sh     # PYTHON=/path/to/python picks the interpreter (default .venv, then python3);
+#                            # it needs this package installed: pip install -e ".[test]"
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}
