@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
                    help="adaptation steps between engine exports")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="source model (default: the embedded synthetic one, trained on first use)")
+    p.add_argument("--source-iters", type=int, default=None,
+                   help="train the embedded source recipe for this many iterations instead of "
+                        "its default (cached separately), where the full training is too slow")
     p.add_argument("--data", type=Path, default=None,
                    help="where the domains are written (default: the iapc cache)")
     p.add_argument("--out", type=Path, default=Path("bench_continual"))
@@ -56,6 +59,17 @@ def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[P
             done.touch()
         roots.append(root)
     return roots
+
+
+def source_model(iters: int | None) -> Path:
+    """The embedded synthetic source model (the runtime's default), or the same recipe trained
+    for ``iters`` iterations, cached beside it under its own name."""
+    from iapc.adapt.embedded import cache_dir, ensure_source_model
+
+    if iters is None:
+        return ensure_source_model("tiny")
+    return ensure_source_model("tiny", out=cache_dir() / "embedded" / f"source_tiny_{iters}it.pt",
+                               iters=iters)
 
 
 def _num(value: float | None, width: int, digits: int) -> str:
@@ -80,7 +94,7 @@ def print_table(report: dict) -> None:
 
 
 def main() -> int:
-    from iapc.adapt.embedded import EMBEDDED_SIZE, cache_dir, ensure_source_model
+    from iapc.adapt.embedded import EMBEDDED_SIZE, cache_dir
     from iapc.runtime.replay import ReplayConfig, run_replay
     from iapc.runtime.report import headline
 
@@ -88,7 +102,7 @@ def main() -> int:
     started = datetime.datetime.now().astimezone()
     data = args.data or cache_dir() / "synthetic" / f"continual_{args.sequences}seq"
     roots = write_domains(data, args.sequences, EMBEDDED_SIZE)
-    checkpoint = args.checkpoint or ensure_source_model("tiny")
+    checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     runtime_yaml = args.out / "runtime.yaml"
     runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n")

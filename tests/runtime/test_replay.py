@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 
 from iapc.adapt.labels import TRAIN_ID_TO_ID
