@@ -118,3 +118,24 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(source_checkpoint, target_
     source, _ = load_model(source_checkpoint)
     assert not _same_state(source.state_dict(), rank0)
     assert len(list((tmp_path / "run" / "pseudo_labels").glob("*.png"))) == 8  # both shards
+
+
+def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
+    from iapc.cli import _main as cli_main
+
+    argv = ["demo", "--cache", str(tmp_path), "--target", "fog", "--size", "64x32",
+            "--crop", "24x48", "--train-images", "4", "--val-images", "2", "--source-iters", "3",
+            "--adapt-iters", "2", "--device", "cpu", "--json", str(tmp_path / "demo.json")]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "source-only on 'fog'" in printed and "IAPC (paper, 2 steps)" in printed
+    [model_file] = (tmp_path / "demo").glob("source_tiny_*.pth")
+    stamp = model_file.stat().st_mtime_ns
+    assert cli_main(argv) == 0  # second run: cached domains and source model
+    assert model_file.stat().st_mtime_ns == stamp
+    import json
+
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert 0.0 <= result["source_only"] <= 1.0 and 0.0 <= result["iapc"] <= 1.0
+    with pytest.raises(UserError, match="unknown target domain"):
+        cli_main(argv[:3] + ["--target", "source"] + argv[5:])
