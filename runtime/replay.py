@@ -380,6 +380,14 @@ def replay_once(cfg: ReplayConfig, plan: ReplayPlan, adapt: bool, rounds: int) -
 # The command
 # ----------------------------------------------------------------------------------------------
 
+def embedded_checkpoint(model: str) -> Path:
+    """The runtime's default source model, trained here first if it is not cached yet, so that
+    the runtime starts at once instead of training in silence while the replay waits."""
+    from iapc.adapt.embedded import ensure_source_model
+
+    return ensure_source_model(model)
+
+
 def run_replay(cfg: ReplayConfig) -> dict:
     """Replay (adapted, then source-only), write the report; returns the report dict.
 
@@ -390,6 +398,8 @@ def run_replay(cfg: ReplayConfig) -> dict:
 
     plan = build_plan(cfg.roots, cfg.split, cfg.rounds)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.checkpoint is None:
+        cfg.checkpoint = str(embedded_checkpoint(cfg.model or "tiny"))
     adapted = replay_once(cfg, plan, adapt=True, rounds=cfg.rounds)
     baseline = replay_once(cfg, plan, adapt=False, rounds=1) if cfg.baseline else None
     report = build_report(plan, adapted, baseline, cfg)
