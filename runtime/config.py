@@ -95,6 +95,7 @@ class RuntimeConfig:
     confidence: bool = False
     status_every: float = 1.0  # seconds between status heartbeats
     daemon_timeout: float = 120.0  # no daemon heartbeat for this long: kill and restart it
+    daemon_start_timeout: float = 300.0  # the same before its first heartbeat (loading a model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -219,6 +219,7 @@ class AdaptationDaemon:
         if not parity.passed:
             self.reject("parity", parity.message)
             return None, None
+        self.beat()
         health = self._health_figures()
         if health is not None and not health.passed:
             self.reject("health", health.message, health.figures)

@@ -2,7 +2,7 @@
 when it dies or hangs (inference goes on), and shuts both down cleanly on SIGINT/SIGTERM.
 
 Watchdog: the daemon touches ``RUN/daemon.heartbeat`` every second or so; when it has not for
-``daemon_timeout`` seconds the daemon is killed (SIGKILL: a hung process may ignore SIGTERM) and
+``daemon_timeout`` seconds (``daemon_start_timeout`` before its first beat) the daemon is killed (SIGKILL: a hung process may ignore SIGTERM) and
 restarted. A daemon that exits with status 2 hit a user error (wrong checkpoint, bad option):
 restarting cannot help, so the runtime stops with that status. Restarts are announced to the
 inference process as events, which it republishes on the status topic.
@@ -104,19 +104,22 @@ class Supervisor:
         self.heartbeat_path = self.run_dir / "daemon.heartbeat"
         self.events = None  # EventSender to the inference process, made in run()
 
-    def _daemon_silent_for(self) -> float:
-        """Seconds since the daemon's last heartbeat (or its start, if later)."""
+    def _last_heartbeat(self) -> float | None:
+        """Wall-clock time of this daemon's last heartbeat; None before its first."""
         try:
-            last = max(self.heartbeat_path.stat().st_mtime, self.daemon.started_at)
+            beat = self.heartbeat_path.stat().st_mtime
         except FileNotFoundError:
-            last = self.daemon.started_at
-        return time.time() - last
+            return None
+        return beat if beat >= self.daemon.started_at else None  # not a predecessor's
 
     def _kill_daemon_if_hung(self) -> None:
         if self.daemon.poll() is not None or self.cfg.daemon_timeout <= 0:
             return
-        silent = self._daemon_silent_for()
-        if silent > self.cfg.daemon_timeout:
+        beat = self._last_heartbeat()
+        silent = time.time() - (beat or self.daemon.started_at)
+        limit = self.cfg.daemon_timeout if beat else max(self.cfg.daemon_start_timeout,
+                                                         self.cfg.daemon_timeout)
+        if silent > limit:
             log.warning("adaptation daemon silent for %.0f s: killing it", silent)
             self._announce("daemon_hung", f"no heartbeat for {silent:.0f} s")
             self.daemon.kill()
