@@ -158,3 +158,50 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_checkpoint):
         assert len(lines) == 1 and "Traceback" not in err, f"{name}: {err[-1500:]}"
         assert lines[0].startswith("iapc-runtime") and ": error: " in lines[0], f"{name}: {err}"
         assert cases[name][1] in lines[0], f"{name}: {lines[0]}"
+
+
+# -- a hostile publisher: whatever arrives, the client neither crashes nor hangs ----------------
+
+def test_fuzzed_messages_over_a_real_socket_never_stop_the_subscriber():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    import zmq
+
+    from iapc.runtime.protocol import TOPIC_MASK, encode_mask_message
+
+    context = zmq.Context()
+    raw = context.socket(zmq.PUB)
+    raw.bind("tcp://127.0.0.1:*")
+    mask = np.ones((4, 4), np.uint8)
+    good = encode_mask_message(TOPIC_MASK, MaskHeader(frame_id=0, capture_ns=1, engine_version=1,
+                                                      height=4, width=4, num_classes=19), mask)
+    good = [bytes(good[0]), bytes(good[1]), mask.tobytes()]
+    frame = st.one_of(st.binary(max_size=40), st.sampled_from([b"mask", b"conf", b"status"]),
+                      st.just(good[1]), st.just(good[1].replace(b'"v":1', b'"v":7')))
+    with MaskSubscriber(raw.getsockopt_string(zmq.LAST_ENDPOINT),
+                        topics=(b"mask", b"status")) as sub:
+        while sub.counters.received == 0:  # joined
+            raw.send_multipart(good)
+            time.sleep(0.02)
+
+        # messages on a subscribed topic (others are filtered out by ZeroMQ before the client)
+        message = st.builds(lambda topic, rest: [topic, *rest],
+                            st.sampled_from([b"mask", b"status", b"maskx"]),
+                            st.lists(frame, max_size=4))
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(message)
+        def send(frames):
+            raw.send_multipart(frames)
+
+        send()
+        received = sub.counters.received
+        raw.send_multipart(good)  # a good message after all that still arrives, last
+        deadline = time.monotonic() + 5
+        while sub.counters.received == received:
+            assert time.monotonic() < deadline, "the subscriber stopped receiving"
+            time.sleep(0.01)
+        assert sub.counters.rejected_total > 50
+        assert set(sub.counters.rejected) >= {"FrameCountError", "UnsupportedVersionError"}
+    raw.close(linger=0)
+    context.term()
