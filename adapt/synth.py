@@ -35,10 +35,11 @@ ids (``*_gtFine_labelIds.png``), mapped to train ids by :mod:`iapc.adapt.labels`
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -1166,10 +1167,23 @@ def _write_scene(root: Path, style: DomainStyle, domain: str, split: str, index:
             _write_labelled(root, split, name, image, label)
 
 
+def _write_config(root: Path, domain: str, style: DomainStyle, split_sizes: dict[str, int],
+                  size: tuple[int, int], sequences: int, seed: int) -> None:
+    """``root/synth_config.json``: everything needed to regenerate the tree."""
+    config = {"domain": domain, "seed": seed, "size": list(size), "split_sizes": split_sizes,
+              "sequences": sequences, "style": asdict(style)}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "synth_config.json").write_text(json.dumps(config, indent=1))
+    except OSError as err:
+        raise UserError(f"cannot write {root}: {err.strerror}; choose a writable output folder")
+
+
 def write_domain(root: str | os.PathLike, domain: str, split_sizes: dict[str, int] | None = None,
                  size: tuple[int, int] = (256, 128), sequences: int = 0, seed: int = 0,
                  progress=None) -> int:
-    """Write ``domain`` under ``root`` in the Cityscapes layout; returns the images written.
+    """Write ``domain`` under ``root`` in the Cityscapes layout (plus ``synth_config.json``, the
+    settings and style it was made with); returns the number of images written.
 
     ``split_sizes`` maps split -> number of annotated frames (default train 100, val 20).
     The first ``sequences`` scenes of each split (all of them if the split is smaller) also get
@@ -1183,6 +1197,7 @@ def write_domain(root: str | os.PathLike, domain: str, split_sizes: dict[str, in
     if any(n < 0 for n in split_sizes.values()) or sequences < 0:
         raise UserError("split sizes and --sequences must be zero or positive")
     root = Path(root)
+    _write_config(root, domain, style, split_sizes, size, sequences, seed)
     written = 0
     for split, count in split_sizes.items():
         for index in range(count):

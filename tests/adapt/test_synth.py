@@ -4,6 +4,7 @@ temporal coherence, the live stream and the ``iapc synth`` command."""
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,6 +284,9 @@ def test_cli_writes_each_domain_in_its_own_folder(tmp_path, capsys):
         image, _ = load_sample(samples[0])
         assert image.shape == (48, 96, 3)
         assert len(find_cityscapes(tmp_path / domain, "train", sequence=True)) == 30
+    config = json.loads((tmp_path / "fog" / "synth_config.json").read_text())
+    assert config["seed"] == 2 and config["size"] == [96, 48]
+    assert config["style"]["fog_density"] == synth.DOMAINS["fog"].fog_density
     assert "wrote source, fog" in capsys.readouterr().out
 
 
