@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 import zlib
@@ -634,7 +635,7 @@ def _draw_shadows(canvas: _Canvas, view: _View, style: DomainStyle, layout: Scen
 
 def _face_light(style: DomainStyle, layout: SceneLayout, normal_d: float, normal_z: float) -> float:
     """Brightness factor of a vertical face with ground-plane normal (d, z)."""
-    facing = float(np.dot(_sun_vector(layout), (normal_d, normal_z)))
+    facing = math.sin(layout.sun_azimuth) * normal_d + math.cos(layout.sun_azimuth) * normal_z
     return 1.0 - style.face_shading * (1.0 - max(facing, 0.0))
 
 
