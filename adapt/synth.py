@@ -15,8 +15,9 @@ effects and class frequencies, not only in global colour.
 
 The source repaints every class per scene (``scene_jitter``), so a model trained on it must use
 shape and context rather than one colour per class; the targets then shift palettes, textures,
-optics and statistics beyond that range. Re-estimating batch-norm statistics on a target
-recovers only part of the loss (most for ``rain``, least for ``city``).
+optics and statistics beyond that range. A small CNN trained on the source loses most of its
+mIoU on every target, and re-estimating its batch-norm statistics on a target recovers less
+than half of that loss.
 
 Public API::
 
