@@ -388,8 +388,10 @@ def _sample_traffic(rng: np.random.Generator, style: DomainStyle, cam: Camera, l
                 things.append(_vehicle(rng, style, kind, s, d, -cam.speed, -1))
     for _ in range(_count(rng, style, "parked", length)):
         side = 1 if rng.random() < 0.7 else -1
-        things.append(_vehicle(rng, style, "car", float(rng.uniform(*s_range)),
-                               side * (half - 1.1), 0.0, side))
+        d = side * (half - 1.1)
+        if abs(d - cam.lateral) < 2.0:  # it would block the camera's lane: park on the kerb
+            d = side * (half + 0.3)
+        things.append(_vehicle(rng, style, "car", float(rng.uniform(*s_range)), d, 0.0, side))
     return things
 
 
@@ -978,7 +980,7 @@ def _apply_lights(img: np.ndarray, canvas: _Canvas, style: DomainStyle) -> None:
     for u, v, radius, color, label_id in canvas.lights:
         if not (0 <= u < w and 0 <= v < h) or canvas.label[v, u] != label_id:
             continue  # off-screen, or hidden behind something nearer
-        r = int(min(max(radius / 4, 1), w))
+        r = int(min(max(radius / 4, 1), w / 100))  # quarter-size pixels; near lamps capped
         cv2.circle(small, (u // 4, v // 4), r, tuple(float(c) for c in color), -1)
     small = cv2.GaussianBlur(small, (0, 0), max(w / 200, 0.8))
     img += style.lamp_glow * cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
