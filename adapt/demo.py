@@ -32,6 +32,7 @@ class DemoConfig:
     source_iters: int = 600
     source_batch: int = 8
     source_lr: float = 3e-3
+    source_jitter: float = 0.3  # photometric jitter while training the source model
     adapt_iters: int = 300
     adapt_batch: int = 4
     adapt_lr: float = 1e-3  # backbone; the classifier learns 10x faster
@@ -70,10 +71,11 @@ def ensure_source_model(root: Path, source_root: Path, cfg: DemoConfig):
     from iapc.adapt.train_source import TrainConfig, train_source
 
     path = root / (f"source_tiny_{cfg.size[0]}x{cfg.size[1]}_{cfg.train_images}img_"
-                   f"{cfg.source_iters}it_seed{cfg.seed}.pth")
+                   f"{cfg.source_iters}it_jitter{cfg.source_jitter:g}_seed{cfg.seed}.pth")
     if not path.is_file():
         train_cfg = TrainConfig(iters=cfg.source_iters, batch=cfg.source_batch, size=cfg.size,
-                                lr=cfg.source_lr, seed=cfg.seed, device=cfg.device)
+                                lr=cfg.source_lr, jitter=cfg.source_jitter, seed=cfg.seed,
+                                device=cfg.device)
         train_source("tiny", find_samples(source_root, "train"), train_cfg, out=path)
     model, _ = load_model(path)
     return model, path
