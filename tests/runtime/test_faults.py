@@ -11,7 +11,6 @@ small tmpfs, takes a full disk during export and SIGTERM during a swap, then res
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import zmq
 
 from iapc.adapt.models import build_model
 from iapc.export.parity import synthetic_frames
