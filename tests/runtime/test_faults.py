@@ -31,9 +31,8 @@ def write_config(path: Path, **sections) -> Path:
     config = {"adaptation": {"nice": 0, "export_every_steps": 3, "batch_size": 2,
                              "heartbeat_every": 0.5},
               "daemon_timeout": 10.0, "daemon_start_timeout": 120.0}
-    for key, value in sections.items():
-        config.setdefault(key, {}).update(value) if isinstance(value, dict) else \
-            config.__setitem__(key, value)
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
     path.write_text(json.dumps(config))  # YAML is a superset of JSON
     return path
 
