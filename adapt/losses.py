@@ -48,7 +48,7 @@ class Preset:
     """One consistent reading of the method: which importance, which IM, which weights."""
 
     name: str
-    importance: str  # "probability" (paper) or "logit" (released code)
+    importance: str  # "probability" (paper), "logit" (released code) or "none" (w = 1, ablation)
     im: str  # "entropy_diversity" (paper) or "entropy" (released code)
     ps_reshape_quirk: bool  # reproduce the released view(N, K, h, w) in the second PS term
     weights: LossWeights
@@ -145,13 +145,17 @@ def importance(source_logits: torch.Tensor, mode: str) -> torch.Tensor:
 
     ``mode="probability"`` (paper): scores are ``softmax(source_logits)``, so w in [0, 1).
     ``mode="logit"`` (released code): scores are the raw logits, so w is unbounded.
+    ``mode="none"`` (ablation row P, plain pseudo-label CE): w = 1 everywhere.
     """
+    if mode == "none":
+        n, _, h, w = source_logits.shape
+        return torch.ones(n, h, w, dtype=torch.float32, device=source_logits.device)
     if mode == "probability":
         scores = source_logits.float().softmax(dim=1)
     elif mode == "logit":
         scores = source_logits.float()
     else:
-        raise UserError(f"unknown importance mode {mode!r}: use 'probability' or 'logit'")
+        raise UserError(f"unknown importance mode {mode!r}: use 'probability', 'logit' or 'none'")
     top2 = scores.topk(2, dim=1).values  # (N, 2, H, W), descending
     return 1.0 - top2[:, 1] / top2[:, 0]
 

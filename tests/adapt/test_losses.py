@@ -62,6 +62,27 @@ def test_importance_by_hand():
         importance(logits, "margin")
 
 
+def test_importance_none_weighs_every_pixel_one():
+    logits = torch.randn(2, 5, 3, 4) * 3
+    weights = importance(logits, "none")
+    assert weights.shape == (2, 3, 4) and weights.dtype == torch.float32
+    assert torch.equal(weights, torch.ones(2, 3, 4))
+
+
+def test_importance_none_makes_ia_the_plain_class_balanced_ce():
+    # Row P of the ablation: L_IA = mean CE_cb(t, y_hat), the importance no longer scales it.
+    plain = Preset("P", importance="none", im="entropy_diversity", ps_reshape_quirk=False,
+                   weights=PRESETS["paper"].weights)
+    inputs = _hand_example()
+    losses = iapc_losses(*inputs, preset=plain)
+    paper = iapc_losses(*inputs, preset="paper")
+    ia_unweighted = 0.2 * 7 * math.log(3)  # uniform t, every class rare: weight 7, CE ln 3
+    assert losses["ia"].item() == pytest.approx(ia_unweighted, rel=1e-6)
+    assert losses["ia"].item() > paper["ia"].item()  # paper weights w < 1 shrink it
+    for key in ("im", "ps", "pe"):
+        assert losses[key].item() == pytest.approx(paper[key].item(), rel=1e-6)
+
+
 def test_class_balance_by_hand():
     # 80x80 = 6400 pixels, one image: threshold 64*64 = 4096 pixels.
     label = torch.full((1, 80, 80), 255, dtype=torch.long)
