@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from iapc.errors import UserError
+from iapc.options import parse_size  # noqa: F401  (re-exported for the adapt commands)
 
 if TYPE_CHECKING:  # torch stays out of ``iapc --help``
     import torch
@@ -20,17 +21,6 @@ if TYPE_CHECKING:  # torch stays out of ``iapc --help``
 
     from iapc.adapt.data import Sample
     from iapc.adapt.metrics import SegmentationScores
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1024x512"`` -> ``(1024, 512)`` (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"size {text!r} is not WIDTHxHEIGHT: write e.g. 1024x512") from None
-    if width <= 0 or height <= 0:
-        raise UserError(f"size {text!r} must be positive, e.g. 1024x512")
-    return width, height
 
 
 def resolve_device(name: str) -> "torch.device":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from iapc.errors import UserError
+from iapc.options import parse_size as _parse_size
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder; each domain goes to OUT/<domain>/")
@@ -30,14 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'256x128' -> (256, 128)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise UserError(f"bad --size {text!r}: write WIDTHxHEIGHT, e.g. 256x128")
-    width, height = int(match.group(1)), int(match.group(2))
-    if width < 16 or height < 16:
-        raise UserError(f"--size {text} is too small: use at least 16x16")
-    return width, height
+    """'256x128' -> (256, 128); scenes need at least 16x16 pixels."""
+    return _parse_size(text, minimum=16)
 
 
 def parse_domains(names: list[str], known: tuple[str, ...]) -> list[str]:

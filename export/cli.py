@@ -67,13 +67,14 @@ def _build_engine(onnx_path: Path, work: Path, store_root: Path, fp16: bool) -> 
 def run(args: argparse.Namespace) -> int:
     from iapc.adapt.checkpoint import load_model
     from iapc.errors import UserError
-    from iapc.export.onnx_export import export_onnx, parse_frame_size
+    from iapc.export.onnx_export import export_onnx
+    from iapc.options import parse_size
     from iapc.export.parity import check_parity, default_min_agreement
     from iapc.export.runners import OnnxRuntimeRunner, TensorRTRunner, resolve_backend
     from iapc.export.store import EngineStore
 
     backend = resolve_backend(args.backend)
-    frame_size = parse_frame_size(args.frame_size)
+    frame_size = parse_size(args.frame_size)
     _check_arguments(args)
     frames = _parity_frames(args.frames, frame_size)
     model, meta = load_model(args.checkpoint, args.model)

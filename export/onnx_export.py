@@ -92,17 +92,6 @@ class GraphMetadata:
         return cls(**data)
 
 
-def parse_frame_size(text: str) -> tuple[int, int]:
-    """``"1024x512"`` -> (1024, 512) = (W, H)."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"frame size {text!r} is not WIDTHxHEIGHT, e.g. 1024x512") from None
-    if width <= 0 or height <= 0:
-        raise UserError(f"frame size {text!r} must be positive, e.g. 1024x512")
-    return width, height
-
-
 def _model_device(model: nn.Module) -> torch.device:
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
+from iapc.options import parse_size as _parse_size
 
 
 def default_cache_dir() -> Path:
@@ -172,11 +173,5 @@ def load_yaml_config(path: str | os.PathLike) -> RuntimeConfig:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'1024x512' -> (1024, 512) as (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 1024x512") from None
-    if width <= 0 or height <= 0 or width % 8 or height % 8:
-        raise UserError(f"size {text!r} must be positive multiples of 8, e.g. 1024x512")
-    return width, height
+    """An engine input size ``WIDTHxHEIGHT``; at least 32x32 (the networks downsample by 8-16)."""
+    return _parse_size(text, minimum=32)

@@ -292,7 +292,7 @@ def test_cli_writes_each_domain_in_its_own_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--domains", "snow"], "unknown domain 'snow'"),
-    (["--size", "256by128"], "bad --size '256by128'"),
+    (["--size", "256by128"], "'256by128' is not WIDTHxHEIGHT"),
     (["--size", "8x8"], "too small"),
     (["--train", "-2"], "zero or positive"),
 ])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from iapc.adapt.models import MODELS, build_model
 from iapc.errors import UserError
 from iapc.export.onnx_export import (SegmentationGraph, export_onnx, importance_uint8,
-                                     parse_frame_size, read_metadata)
+                                     read_metadata)
 from iapc.export.parity import check_parity, synthetic_frames
 from iapc.export.runner_onnxrt import OnnxRuntimeRunner
 
@@ -103,13 +103,6 @@ def test_segmentation_graph_out_size():
     graph = SegmentationGraph(build_model("tiny").eval(), out_size=(16, 24))
     mask = graph(torch.zeros(2, 32, 64, 3, dtype=torch.uint8))
     assert mask.shape == (2, 16, 24) and mask.dtype == torch.uint8
-
-
-def test_parse_frame_size():
-    assert parse_frame_size("1024x512") == (1024, 512)
-    for bad in ("1024", "ax512", "0x5"):
-        with pytest.raises(UserError, match="e.g. 1024x512"):
-            parse_frame_size(bad)
 
 
 def test_read_metadata_of_foreign_onnx(tmp_path):

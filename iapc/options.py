@@ -1,0 +1,20 @@
+"""Command-line value parsers shared by every ``iapc`` command (one definition each)."""
+
+from __future__ import annotations
+
+import re
+
+from iapc.errors import UserError
+
+_SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+
+
+def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
+    """``"1024x512"`` -> ``(1024, 512)``, i.e. (width, height); each side at least ``minimum``."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise UserError(f"size {text!r} is not WIDTHxHEIGHT: write e.g. 1024x512")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width < max(1, minimum) or height < max(1, minimum):
+        raise UserError(f"size {text!r} is too small: use at least {max(1, minimum)}x{max(1, minimum)}")
+    return width, height

@@ -1,0 +1,16 @@
+import pytest
+
+from iapc.errors import UserError
+from iapc.options import parse_size
+
+
+def test_parse_size_reads_width_by_height():
+    assert parse_size("1024x512") == (1024, 512)
+    assert parse_size(" 256 X 128 ") == (256, 128)
+
+
+@pytest.mark.parametrize("bad, message", [("1024", "not WIDTHxHEIGHT"), ("ax512", "not WIDTHxHEIGHT"),
+                                          ("0x5", "too small"), ("16x8", "at least 16x16")])
+def test_parse_size_rejects_bad_sizes_with_a_hint(bad, message):
+    with pytest.raises(UserError, match=message):
+        parse_size(bad, minimum=16 if bad == "16x8" else 1)
