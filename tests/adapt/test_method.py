@@ -20,13 +20,6 @@ from iapc.adapt.models import build_model
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI machine has two shared cores: one intra-op thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 
