@@ -15,7 +15,6 @@ from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
 
-
 def _batches(count, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (2, 3, 32, 48), generator=g, dtype=torch.uint8) for _ in range(count)]

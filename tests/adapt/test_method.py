@@ -21,8 +21,6 @@ from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
 
-
-
 def _images(n, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8)
