@@ -160,7 +160,16 @@ class AdaptationDaemon:
         if not force and now - self.last_heartbeat < self.cfg.adaptation.heartbeat_every:
             return
         self.last_heartbeat = now
-        self.heartbeat_path.write_text(f"{os.getpid()}\n")
+        if not force:
+            try:
+                os.utime(self.heartbeat_path)
+                return
+            except FileNotFoundError:
+                pass
+        # the pid, written atomically: the supervisor and tools may read it at any time
+        tmp = self.heartbeat_path.with_name(self.heartbeat_path.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, self.heartbeat_path)
 
     # export ------------------------------------------------------------------------------------
     def parity_frames(self) -> np.ndarray:

@@ -148,11 +148,11 @@ def daemon_pid(run_dir: Path, timeout: float = 60.0) -> int:
     """The pid of the running daemon (after a restart, once the new one has beaten)."""
     deadline = time.monotonic() + timeout
     while True:
-        pid = int((run_dir / "daemon.heartbeat").read_text())
         try:
+            pid = int((run_dir / "daemon.heartbeat").read_text())
             os.kill(pid, 0)
             return pid
-        except ProcessLookupError:  # a killed predecessor's: the new daemon is still starting
+        except (FileNotFoundError, ProcessLookupError):  # not started, or a killed predecessor's
             assert time.monotonic() < deadline, "no daemon running"
             time.sleep(0.1)
 
