@@ -126,7 +126,7 @@ def bad_input_cases(tmp_path, checkpoint):
 
     return {
         "unknown option": (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-        "bad size": (["--input-size", "100x7"], "must be positive multiples of 8"),
+        "bad size": (["--input-size", "100x7"], "use at least 32x32"),
         "missing config": (["--config", str(tmp_path / "none.yaml")], "does not exist"),
         "malformed config": (["--config", str(tmp_path / "broken.yaml")], "not valid YAML"),
         "wrong type": (["--config", str(tmp_path / "typed.yaml")],
