@@ -90,6 +90,7 @@ class MaskSubscriber:
         *,
         newest_wins: bool = True,
         rcvhwm: int = DEFAULT_RCVHWM,
+        fifo_depth: int = FIFO_DEPTH,
         strict: bool = False,
         context: zmq.Context | None = None,
         curve_server_key: bytes | None = None,
@@ -105,7 +106,8 @@ class MaskSubscriber:
         self.address = address
         self.strict = strict
         self.counters = SubscriberCounters()
-        depth = 1 if newest_wins else FIFO_DEPTH
+        # newest_wins keeps one message per topic; otherwise a FIFO of fifo_depth (oldest dropped)
+        depth = 1 if newest_wins else max(1, fifo_depth)
         self._pending = {t: collections.deque(maxlen=depth) for t in self.topics}
         self._arrivals = 0  # sequence number so receive_any() returns messages in arrival order
         self._error: BaseException | None = None  # strict-mode error or a dead receive thread

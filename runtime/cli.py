@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--confidence", action="store_true", default=None, help="also publish confidence maps")
     o = p.add_argument_group("publishing")
     o.add_argument("--publish", metavar="ADDRESS", help="ZeroMQ PUB address (default tcp://127.0.0.1:5555)")
+    o.add_argument("--publish-hwm", type=int, metavar="N",
+                   help="masks queued per slow subscriber before its masks are dropped (default 8)")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     o.add_argument("--curve-keys", metavar="DIR",
                    help="encrypt with CURVE and admit only the clients in DIR/authorized "
@@ -83,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         if getattr(args, name) is not None:
             setattr(cfg.source, name, getattr(args, name))
     for name in ("model", "checkpoint", "num_classes", "backend", "input_size", "store", "run_dir",
-                 "confidence", "publish", "metrics_port", "curve_keys", "insecure"):
+                 "confidence", "publish", "publish_hwm", "metrics_port", "curve_keys", "insecure"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.adapt is not None:

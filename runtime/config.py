@@ -86,6 +86,9 @@ class RuntimeConfig:
     backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
     input_size: tuple[int, int] = (256, 128)  # (width, height) the engine runs at
     publish: str = "tcp://127.0.0.1:5555"
+    # Messages ZeroMQ queues per subscriber before it drops that subscriber's masks: small, so a
+    # stalled client never holds memory; replays that must see every mask raise it.
+    publish_hwm: int = 8
     metrics_port: int | None = None
     store: str | None = None  # engine store folder; None: <run_dir>/store
     run_dir: str | None = None  # state of this runtime (store, adaptation checkpoint, logs)

@@ -86,7 +86,7 @@ def run_inference(cfg: RuntimeConfig) -> int:
     capture = CaptureThread(source, cfg.source.fps, cfg.source.max_frames, cfg.source.loop,
                             retry_max_s=cfg.source.retry_max_s)
     engines = EngineManager(store, make_runner_loader(cfg), cfg.input_size)
-    publisher = MaskPublisher(cfg.publish, allow_remote=cfg.insecure, curve=curve_keys(cfg))
+    publisher = MaskPublisher(cfg.publish, sndhwm=cfg.publish_hwm, allow_remote=cfg.insecure, curve=curve_keys(cfg))
     metrics = RuntimeMetrics(port=cfg.metrics_port) if cfg.metrics_port is not None else None
     events = EventReceiver(ipc_address(run_dir, "events.sock"))
     handoff = (FrameHandoff(ipc_address(run_dir, "frames.sock"))

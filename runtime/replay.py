@@ -182,7 +182,9 @@ def runtime_arguments(cfg: ReplayConfig, plan: ReplayPlan, run_dir: Path, addres
         args += ["--config", cfg.runtime_config]  # the options below override it
     args += ["--cityscapes-sequence", plan.runtime_location,
              "--fps", str(cfg.rate or 0), "--max-frames", str(plan.frames_per_round * rounds),
-             "--run-dir", str(run_dir), "--publish", address, "--quiet"]
+             "--run-dir", str(run_dir), "--publish", address, "--quiet",
+             # every mask must reach the scorer: let ZeroMQ queue a whole round for it
+             "--publish-hwm", str(SUBSCRIBER_RCVHWM)]
     if rounds > 1:
         args.append("--loop")
     if cfg.checkpoint:
@@ -354,7 +356,7 @@ def replay_once(cfg: ReplayConfig, plan: ReplayPlan, adapt: bool, rounds: int) -
         recorder = StreamRecorder(plan, record, masks_folder)
         # Subscribe before the runtime starts so that no early mask is lost (slow joiner).
         with MaskSubscriber(address, topics=(b"mask", b"status"), newest_wins=False,
-                            rcvhwm=SUBSCRIBER_RCVHWM) as subscriber, \
+                            rcvhwm=SUBSCRIBER_RCVHWM, fifo_depth=SUBSCRIBER_RCVHWM) as subscriber, \
                 open(logs / "runtime.stderr", "wb") as stderr, \
                 tqdm(total=plan.frames_per_round * rounds, desc=record.name, unit="frame",
                      disable=not cfg.progress, file=sys.stderr) as progress:
