@@ -52,6 +52,11 @@ class AdaptationConfig:
     sample_every: int = 2  # offer every k-th frame to the daemon
     threads: int = 1  # torch threads in the daemon: it must not starve inference
     nice: int = 10  # CPU priority of the daemon relative to the loop
+    device: str = "auto"  # where the daemon adapts: "auto" (CUDA when present), "cpu", "cuda"
+    amp_dtype: str | None = None  # "bf16" / "fp16" autocast for the adaptation forwards (GPU)
+    # Fraction of wall time the daemon may spend computing (0 < d <= 1): after a step of t
+    # seconds it idles t * (1 - d) / d, leaving a shared GPU (or CPU) to the inference loop.
+    duty_cycle: float = 1.0
     min_agreement: float = 0.995  # parity gate
     holdout_every: int = 4  # every k-th received frame goes to the health gate, not to training
     # CoTTA-style stochastic restore: after each step, each weight element returns to its source

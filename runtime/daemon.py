@@ -21,6 +21,7 @@ written to ``RUN/adaptation.pt`` after every deployed version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import json
@@ -63,7 +64,17 @@ def method_config(cfg: RuntimeConfig) -> AdaptConfig:
     width, height = cfg.input_size
     crop = (min(a.crop[0], height), min(a.crop[1], width))  # frames arrive at the engine's size
     return AdaptConfig(preset=a.preset, lr=a.lr, warmup_iters=a.warmup_iters,
-                       ema_alpha=a.ema_alpha, crop=crop, schedule="constant", seed=a.seed)
+                       ema_alpha=a.ema_alpha, crop=crop, schedule="constant", seed=a.seed,
+                       amp_dtype=a.amp_dtype if adaptation_device(cfg).type == "cuda" else None)
+
+
+def adaptation_device(cfg: RuntimeConfig) -> torch.device:
+    name = cfg.adaptation.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("adaptation.device is cuda but PyTorch sees no CUDA GPU: use auto or cpu")
+    return torch.device(name)
 
 
 def stochastic_restore(target: torch.nn.Module, source: torch.nn.Module, probability: float,
@@ -92,7 +103,12 @@ class AdaptationDaemon:
         self.state_path = self.run_dir / "adaptation.pt"
         self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
         model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
-        self.source, self.memory, self.target = make_networks(model)
+        self.device = adaptation_device(cfg)
+        self.source, self.memory, self.target = make_networks(model.to(self.device))
+        # On a GPU the daemon's kernels go to a stream of the lowest priority (0), so the
+        # inference engine's work (on a higher-priority stream) is scheduled first.
+        self.stream = (torch.cuda.Stream(device=self.device, priority=0)
+                       if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(self.target, self.method)
         self.state = AdaptState.new(model.num_classes)
         self.generator = torch.Generator().manual_seed(cfg.adaptation.seed)
@@ -265,8 +281,12 @@ class AdaptationDaemon:
         return camera_to_rgb(torch.from_numpy(frames))
 
     def step(self) -> None:
-        losses = adaptation_step(self.source, self.memory, self.target, self.sample_batch(),
-                                 self.optimizer, self.state, self.method, generator=self.generator)
+        started = time.perf_counter()
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            losses = adaptation_step(self.source, self.memory, self.target, self.sample_batch(),
+                                     self.optimizer, self.state, self.method,
+                                     generator=self.generator)
+        self.yield_duty_cycle(time.perf_counter() - started)
         if losses.get("skipped"):
             self.rollback("non-finite loss")
             return
@@ -277,6 +297,12 @@ class AdaptationDaemon:
         if self.state.step % 5 == 0:
             self.events.send({"type": "stats", "step": self.state.step, "new_steps": 5,
                               "buffer": len(self.buffer), **self.losses})
+
+    def yield_duty_cycle(self, busy_seconds: float) -> None:
+        """Idle so that computing takes at most ``duty_cycle`` of the daemon's wall time."""
+        duty = self.cfg.adaptation.duty_cycle
+        if 0 < duty < 1:
+            time.sleep(busy_seconds * (1 - duty) / duty)
 
     def keep(self, image: np.ndarray) -> None:
         """A received frame goes to the training buffer, or every k-th to the held-out one."""

@@ -69,7 +69,8 @@ def predict(model: nn.Module, frames_bgr: np.ndarray) -> Predictions:
     was_training = model.training
     model.eval()
     try:
-        x = normalize(camera_to_rgb(torch.from_numpy(frames_bgr)), model.norm)  # (N, 3, H, W)
+        device = next(model.parameters()).device  # the daemon may adapt on a GPU
+        x = normalize(camera_to_rgb(torch.from_numpy(frames_bgr).to(device)), model.norm)  # (N, 3, H, W)
         logits, _ = model(x)  # (N, K, h, w) at the output stride: enough to judge shares
     finally:
         model.train(was_training)
@@ -81,7 +82,7 @@ def predict(model: nn.Module, frames_bgr: np.ndarray) -> Predictions:
     labels = probs.argmax(dim=1)  # (N, h, w)
     counts = torch.bincount(labels.flatten(), minlength=num_classes).double()
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # (N, h, w) nats
-    return Predictions(labels=labels, histogram=(counts / counts.sum()).numpy(),
+    return Predictions(labels=labels, histogram=(counts / counts.sum()).cpu().numpy(),
                        mean_confidence=float(probs.amax(dim=1).mean()),
                        mean_entropy=float(entropy.mean() / math.log(num_classes)),
                        finite=finite)

@@ -330,14 +330,14 @@ class CaptureThread(threading.Thread):
         self.live = source.live
         self._cond = threading.Condition()
         self._frame: Frame | None = None
-        self._stop = threading.Event()
+        self._stop_event = threading.Event()  # not _stop: Thread uses that name
         self.finished = False
         self.captured = 0
         self.dropped = 0
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop_event.is_set():
                 try:
                     if self._pump():
                         return
@@ -356,7 +356,7 @@ class CaptureThread(threading.Thread):
         period = 1.0 / self.fps if self.fps else 0.0
         next_due = time.perf_counter()
         for frame in self.source.frames():
-            if self._stop.is_set() or self._reached_max():
+            if self._stop_event.is_set() or self._reached_max():
                 return True
             if period:
                 next_due += period
@@ -367,7 +367,7 @@ class CaptureThread(threading.Thread):
             frame.capture_ns = time.time_ns()
             self._hand_over(frame)
             self.captured += 1
-        return self._stop.is_set() or self._reached_max()
+        return self._stop_event.is_set() or self._reached_max()
 
     def _recover(self, reason: str) -> None:
         """Reopen a lost source with backoff (0.1 s doubling up to retry_max_s) until it is back."""
@@ -377,7 +377,7 @@ class CaptureThread(threading.Thread):
         self.source_events.append({"kind": "source", "state": "lost", "reason": reason,
                                    "outages": self.outages, "at_frame": self.captured})
         delay = RETRY_FIRST_S
-        while not self._stop.wait(delay):
+        while not self._stop_event.wait(delay):
             try:
                 self.source.reopen()
                 break
@@ -399,7 +399,7 @@ class CaptureThread(threading.Thread):
                 if self._frame is not None:
                     self.dropped += 1  # newest wins
             else:
-                while self._frame is not None and not self._stop.is_set():
+                while self._frame is not None and not self._stop_event.is_set():
                     self._cond.wait(0.1)
             self._frame = frame
             self._cond.notify_all()
@@ -413,7 +413,11 @@ class CaptureThread(threading.Thread):
             self._cond.notify_all()
             return frame
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading and wait for the thread: a daemon thread still inside OpenCV when the
+        interpreter exits aborts the process ("terminate called without an active exception")."""
+        self._stop_event.set()
         with self._cond:
             self._cond.notify_all()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
