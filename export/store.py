@@ -186,7 +186,11 @@ class EngineStore:
             self._remove_leftovers()
             name = version_name(self._next_number())
             staging = self.root / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-            self._stage(staging, onnx_path, engine_path, extra, name)
+            try:
+                self._stage(staging, onnx_path, engine_path, extra, name)
+            except OSError:  # e.g. disk full: free what was written, keep the store as it was
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             final = self.versions_dir / name
             os.rename(staging, final)  # atomic: the version appears complete or not at all
             _fsync_dir(self.versions_dir)
