@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many messages (default 0: run until interrupted)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="fail if no message arrives for this many seconds (default: wait)")
+    parser.add_argument("--curve-server-key", metavar="FILE",
+                        help="the runtime's public key (server.key from 'iapc keys'), for CURVE")
+    parser.add_argument("--curve-client-secret", metavar="FILE",
+                        help="this client's key pair (NAME.key_secret from 'iapc keys'), for CURVE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout must be positive seconds, got {args.timeout}")
     topics = tuple(t.encode() for t in args.topics)
     printed = 0
-    with MaskSubscriber(args.address, topics=topics) as subscriber:
+    with MaskSubscriber(args.address, topics=topics, **curve_options(args)) as subscriber:
         while args.count == 0 or printed < args.count:
             try:
                 message = subscriber.receive_any(timeout=args.timeout)
@@ -85,3 +89,16 @@ def _class_names(num_classes: int) -> dict[int, str]:
     if num_classes == NUM_CLASSES:
         names.update(enumerate(CLASS_NAMES))
     return names
+
+
+def curve_options(args: argparse.Namespace) -> dict:
+    """MaskSubscriber keyword arguments for CURVE, from --curve-server-key/--curve-client-secret."""
+    from iapc.errors import UserError
+    from iapc.runtime.security import load_client_keys, load_public_key
+
+    if args.curve_server_key is None and args.curve_client_secret is None:
+        return {}
+    if args.curve_server_key is None or args.curve_client_secret is None:
+        raise UserError("CURVE needs both --curve-server-key and --curve-client-secret")
+    return {"curve_server_key": load_public_key(args.curve_server_key),
+            "curve_client_keys": load_client_keys(args.curve_client_secret)}

@@ -111,6 +111,25 @@ def test_iapc_keys_command(tmp_path):
     assert (out / "authorized" / "a.key").is_file() and mode(out / "a.key_secret") == 0o600
 
 
+
+def test_iapc_subscribe_with_curve_keys_receives(keys):
+    """The command-line client authenticates with the key files 'iapc keys' wrote."""
+    with MaskPublisher("tcp://127.0.0.1:*", curve=load_server_keys(keys)) as pub:
+        client = subprocess.Popen(
+            [sys.executable, "-c", "from iapc.cli import main; main()", "subscribe",
+             "--address", pub.endpoint, "--topics", "mask", "--count", "1", "--timeout", "30",
+             "--curve-server-key", str(keys / "server.key"),
+             "--curve-client-secret", str(keys / "laptop.key_secret")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        header = MaskHeader(frame_id=7, capture_ns=time.time_ns(), engine_version=3, height=4,
+                            width=6, num_classes=19)
+        while client.poll() is None:  # publish until the client has connected and printed one
+            pub.publish_mask(header, np.zeros((4, 6), dtype=np.uint8))
+            time.sleep(0.05)
+        out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert "mask" in out and "7" in out
+
 # -- bad input through the real command: one line on stderr, exit 2 ---------------------------
 
 def bad_input_cases(tmp_path, checkpoint):
