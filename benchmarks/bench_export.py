@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from iapc.adapt.models import build_model
-from iapc.export.onnx_export import export_onnx, parse_frame_size
+from iapc.export.onnx_export import export_onnx
+from iapc.options import parse_size
 from iapc.export.parity import synthetic_frames
 from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
 from iapc.export.runner_tensorrt import tensorrt_available
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: --device cuda needs a CUDA GPU for PyTorch", file=sys.stderr)
         return 0
     torch.set_num_threads(args.threads)
-    frame_size = parse_frame_size(args.frame_size)
+    frame_size = parse_size(args.frame_size)
     torch.manual_seed(0)
     model = build_model(args.model).eval()
     if args.device == "cuda":
