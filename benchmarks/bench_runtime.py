@@ -103,10 +103,12 @@ def main() -> int:
     parser.add_argument("--input-size", type=parse_size, default=(256, 128))
     parser.add_argument("--fps", type=float, default=15.0, help="rate of the paced latency runs")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each paced run")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a 'tiny' source checkpoint (default: the embedded one, trained on first use)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    checkpoint = ensure_source_model("tiny")
+    checkpoint = args.checkpoint or ensure_source_model("tiny")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

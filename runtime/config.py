@@ -44,7 +44,7 @@ class AdaptationConfig:
     batch_size: int = 2
     buffer_size: int = 64  # recent frames kept by the daemon
     crop: tuple[int, int] = (128, 256)  # (height, width) of IAPC crops
-    lr: float = 1e-3
+    lr: float = 3e-4  # best of a 3e-4..1e-2 sweep for the tiny model (docs/BENCHMARKS.md)
     warmup_iters: int = 20
     ema_alpha: float = 0.999
     export_every_steps: int = 50
