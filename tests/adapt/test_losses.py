@@ -24,15 +24,6 @@ def _load_reference():
     return module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI machine has two shared cores: one intra-op thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ref = _load_reference()
 
 
