@@ -105,6 +105,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each paced run")
     parser.add_argument("--checkpoint", type=Path,
                         help="a 'tiny' source checkpoint (default: the embedded one, trained on first use)")
+    parser.add_argument("--config", type=Path, help="runtime YAML for every run (e.g. a duty cycle)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -115,7 +116,8 @@ def main() -> int:
         frames = write_frames(tmp / "frames", args.frames, args.input_size)
         model, _ = load_model(checkpoint)
         onnx_path = export_onnx(model.eval(), tmp / "bare.onnx", frame_size=args.input_size)
-        common = ["--checkpoint", str(checkpoint), "--model", "tiny",
+        common = ["--config", str(args.config)] if args.config else []
+        common += ["--checkpoint", str(checkpoint), "--model", "tiny",
                   "--input-size", f"{args.input_size[0]}x{args.input_size[1]}"]
 
         # 1. throughput, runtime vs bare engine (adaptation off: the bare engine has none either)

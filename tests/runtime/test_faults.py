@@ -350,9 +350,9 @@ def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoi
     assert last_good is not None and last_good.name == store.current_name()
 
     port = free_port()
+    collector = Collector(port)  # subscribed first: a warm store serves the first frame at once
     process = start_runtime(*runtime_args(config, run_dir, port, tiny_checkpoint, 15, "--store",
                                           str(store_dir)))
-    collector = Collector(port)
     try:
         _out, err = process.communicate(timeout=90)
         assert process.returncode == 0, err.decode()[-2000:]

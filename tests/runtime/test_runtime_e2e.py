@@ -14,18 +14,22 @@ FRAMES = 240
 def runtime_args(run_dir, port, checkpoint, frames=FRAMES):
     config = run_dir.parent / "runtime.yaml"
     # Small export interval so that several versions are deployed within the test; the daemon
-    # keeps normal priority so the test does not depend on how busy the machine is.
-    config.write_text("adaptation:\n  nice: 0\n  export_every_steps: 3\n  batch_size: 2\n")
+    # keeps normal priority and no duty-cycle limit so the test does not depend on how busy
+    # the machine is.
+    config.write_text("adaptation:\n  nice: 0\n  duty_cycle: 1.0\n  export_every_steps: 3\n"
+                      "  batch_size: 2\n")
     return ["--config", str(config), "--synthetic", "fog", "--fps", "20", "--max-frames", str(frames),
             "--checkpoint", str(checkpoint), "--model", "tiny", "--input-size", "128x64",
             "--run-dir", str(run_dir), "--publish", f"tcp://127.0.0.1:{port}",
             "--quiet"]
 
 
-def collect(port, process, timeout=100.0):
-    """Every mask header the runtime publishes until it exits."""
+def collect(port, args, timeout=100.0):
+    """Start the runtime with ``args``; every mask header it publishes until it exits."""
     headers = []
+    # subscribed before the runtime starts, so that not even the first mask is missed
     with MaskSubscriber(f"tcp://127.0.0.1:{port}", newest_wins=False) as sub:
+        process = start_runtime(*args)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -36,13 +40,12 @@ def collect(port, process, timeout=100.0):
                 continue
             assert mask.shape == (64, 128) and mask.max() < 19
             headers.append(header)
-    return headers
+    return headers, process
 
 
 def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):
     run_dir, port = tmp_path / "run", free_port()
-    process = start_runtime(*runtime_args(run_dir, port, tiny_checkpoint))
-    headers = collect(port, process)
+    headers, process = collect(port, runtime_args(run_dir, port, tiny_checkpoint))
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()[-2000:]
 
@@ -60,8 +63,7 @@ def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):
 
     # A restart resumes from the last engine in the store (and the daemon from its checkpoint).
     port = free_port()
-    process = start_runtime(*runtime_args(run_dir, port, tiny_checkpoint, frames=20))
-    headers = collect(port, process)
+    headers, process = collect(port, runtime_args(run_dir, port, tiny_checkpoint, frames=20))
     process.communicate(timeout=30)
     assert process.returncode == 0
     assert headers and headers[0].engine_version >= last_version
