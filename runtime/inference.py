@@ -123,7 +123,9 @@ def run_inference(cfg: RuntimeConfig) -> int:
                "engine_version": engines.version, "miou": score.miou(),
                "decisions": stats.decisions, "source_outages": capture.outages,
                "faults_injected": getattr(source, "injected", None),
-               "engines_rejected": engines.rejected, "finished_ns": time.time_ns()}
+               "engines_rejected": engines.rejected, "finished_ns": time.time_ns(),
+               # the inference process must never load PyTorch (the tests check this)
+               "torch_loaded": "torch" in sys.modules}
     (run_dir / "inference_summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 

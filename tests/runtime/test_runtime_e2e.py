@@ -59,6 +59,7 @@ def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):
     assert summary["frames_published"] == FRAMES
     assert summary["frames_failed"] == 0 and summary["capture_dropped"] == 0
     assert len(summary["swaps"]) >= 2
+    assert summary["torch_loaded"] is False, "the inference process imported torch"
     last_version = summary["engine_version"]
 
     # A restart resumes from the last engine in the store (and the daemon from its checkpoint).
