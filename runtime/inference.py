@@ -100,8 +100,8 @@ def run_inference(cfg: RuntimeConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: loop.stop())
     try:
-        if not engines.load_initial(timeout=600, stop=loop._stop):
-            if loop._stop.is_set():
+        if not engines.load_initial(timeout=600, stop=loop.stopped):
+            if loop.stopped.is_set():
                 return 0
             raise UserError(f"no usable engine in {store.root} after 600 s: run 'iapc export' "
                             "or check the adaptation daemon's log")

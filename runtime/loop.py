@@ -60,11 +60,11 @@ class InferenceLoop:
         self.rate = RateMeter()
         self.extra_status = lambda: {}  # more heartbeat fields (e.g. live mIoU)
         self.adaptation: dict = {}
-        self._stop = threading.Event()
+        self.stopped = threading.Event()  # set by stop(); waits elsewhere can watch it
         self._last_status = 0.0
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopped.set()
 
     # one step at a time ----------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> np.ndarray:
@@ -199,7 +199,7 @@ class InferenceLoop:
 
     def run(self) -> LoopStats:
         """Process frames until the source ends or :meth:`stop` is called."""
-        while not self._stop.is_set():
+        while not self.stopped.is_set():
             self._drain_events()
             self._report_faults()
             self._swap_if_ready()
