@@ -10,7 +10,9 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -43,25 +45,58 @@ def make_runner_loader(cfg: RuntimeConfig):
 
 
 class LiveScore:
-    """Running mIoU of the published masks against the source's labels (synthetic, Cityscapes)."""
+    """Running mIoU of the published masks against the source's labels (synthetic, Cityscapes).
 
-    def __init__(self, num_classes: int):
+    Scoring runs in its own thread: the loop only appends (mask, label) to a bounded queue, so a
+    labelled source costs the hot path nothing; when scoring falls behind, the oldest pairs are
+    skipped (``skipped`` counts them) rather than delaying frames.
+    """
+
+    def __init__(self, num_classes: int, backlog: int = 8):
         from iapc.adapt.metrics import ConfusionMatrix
 
         self.matrix = ConfusionMatrix(num_classes)
         self.frames = 0
+        self.skipped = 0
+        self._pending: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=backlog)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._score_forever, name="live-score", daemon=True)
+        self._thread.start()
 
     def __call__(self, frame, mask: np.ndarray, version: int) -> None:
         if frame.label is None:
             return
-        label = frame.label
-        if label.shape != mask.shape:
-            label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-        self.matrix.update(mask, label)
-        self.frames += 1
+        if len(self._pending) == self._pending.maxlen:
+            self.skipped += 1
+        self._pending.append((mask, frame.label))  # the mask is only read, never written
+        self._wake.set()
+
+    def _score_forever(self) -> None:
+        while not self._closed.is_set() or self._pending:
+            try:
+                mask, label = self._pending.popleft()
+            except IndexError:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            if label.shape != mask.shape:
+                label = cv2.resize(label, (mask.shape[1], mask.shape[0]),
+                                   interpolation=cv2.INTER_NEAREST)
+            with self._lock:
+                self.matrix.update(mask, label)
+                self.frames += 1
 
     def miou(self) -> float | None:
-        return float(self.matrix.compute().miou) * 100 if self.frames else None
+        with self._lock:
+            return float(self.matrix.compute().miou) * 100 if self.frames else None
+
+    def close(self) -> None:
+        """Score what is queued, then stop the thread."""
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout=5.0)
 
 
 def curve_keys(cfg: RuntimeConfig):
@@ -111,6 +146,7 @@ def run_inference(cfg: RuntimeConfig) -> int:
     finally:
         capture.stop()
         engines.close()
+        score.close()
         for part in (handoff, events, metrics):
             if part is not None:
                 part.close()
