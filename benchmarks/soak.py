@@ -27,16 +27,11 @@ from pathlib import Path
 
 import zmq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import Collector, free_port  # noqa: E402
+
 SOURCE_FAULTS = "bad=0.002,resize=0.002,outage=0.0003,outage_s=0.5"
 EXTERNAL_FAULTS = ("daemon_kill", "daemon_hang", "subscriber_stall", "engine_corrupt")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -50,37 +45,6 @@ def make_checkpoint(folder: Path) -> Path:
     path = folder / "tiny.pt"
     save_checkpoint(path, "tiny", build_model("tiny"))
     return path
-
-
-class Recorder(threading.Thread):
-    """Every mask frame id and every status message, from one subscriber that keeps up."""
-
-    def __init__(self, port: int):
-        from iapc.ros_bridge.subscriber import MaskSubscriber
-
-        super().__init__(daemon=True)
-        self.sub = MaskSubscriber(f"tcp://127.0.0.1:{port}", topics=(b"mask", b"status"),
-                                  newest_wins=False, rcvhwm=1000)
-        self.ids: list[int] = []
-        self.statuses: list[dict] = []
-        self.stopped = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                message = self.sub.receive_any(timeout=0.2)
-            except TimeoutError:
-                continue
-            if message.status is not None:
-                self.statuses.append(message.status)
-            else:
-                self.ids.append(message.header.frame_id)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.join(5)
-        self.sub.close()
 
 
 class Injector(threading.Thread):
@@ -158,8 +122,8 @@ def soak(frames: int, size: str, fps: float, faults: bool, every_s: float, seed:
                "--publish", f"tcp://127.0.0.1:{port}", "--quiet"]
     started = time.monotonic()
     process = subprocess.Popen(command, stderr=subprocess.PIPE)
-    recorder = Recorder(port)
-    while not recorder.ids and process.poll() is None:
+    recorder = Collector(port, rcvhwm=1000)
+    while not recorder.headers and process.poll() is None:
         time.sleep(0.1)  # faults start once masks flow
     injector = Injector(run_dir, port, every_s, seed) if faults else None
     _out, err = process.communicate()
@@ -174,10 +138,10 @@ def soak(frames: int, size: str, fps: float, faults: bool, every_s: float, seed:
     return report(run_dir, recorder, injector, seconds)
 
 
-def report(run_dir: Path, recorder: Recorder, injector: Injector | None, seconds: float) -> dict:
+def report(run_dir: Path, recorder: Collector, injector: Injector | None, seconds: float) -> dict:
     summary = json.loads((run_dir / "inference_summary.json").read_text())
     injected_source = summary["faults_injected"] or {"bad": 0, "resize": 0, "outage": 0}
-    ids = recorder.ids
+    ids = [h.frame_id for h in recorder.headers]
     in_order = ids == sorted(set(ids))
     # frames the runtime captured but never published, other than the corrupt frames
     lost_in_runtime = summary["frames_in"] - summary["frames_published"] - injected_source["bad"]

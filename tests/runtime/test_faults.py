@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from support import free_port, start_runtime
+from support import Collector, free_port, start_runtime
 from iapc.export.store import CorruptVersion, EngineStore
 from iapc.ros_bridge.subscriber import MaskSubscriber
 
@@ -42,51 +42,6 @@ def runtime_args(config: Path, run_dir: Path, port: int, checkpoint, frames: int
             "--max-frames", str(frames), "--checkpoint", str(checkpoint), "--model", "tiny",
             "--input-size", "128x64", "--run-dir", str(run_dir),
             "--publish", f"tcp://127.0.0.1:{port}", "--quiet", *extra]
-
-
-class Collector(threading.Thread):
-    """Receives every mask header and status message the runtime publishes."""
-
-    def __init__(self, port: int):
-        super().__init__(daemon=True)
-        self.sub = MaskSubscriber(f"tcp://127.0.0.1:{port}", topics=(b"mask", b"status"),
-                                  newest_wins=False)
-        self.headers, self.statuses = [], []
-        self.stopped = threading.Event()
-        self.start()
-
-    def run(self):
-        while not self.stopped.is_set():
-            try:
-                message = self.sub.receive_any(timeout=0.2)
-            except TimeoutError:
-                continue
-            if message.status is not None:
-                self.statuses.append(message.status)
-            else:
-                self.headers.append(message.header)
-
-    def wait_status(self, predicate, timeout: float, after: int = 0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for status in self.statuses[after:]:
-                if predicate(status):
-                    return status
-            time.sleep(0.05)
-        kinds = [(s.get("kind"), s.get("type"), s.get("state")) for s in self.statuses[after:]]
-        raise AssertionError(f"no such status within {timeout} s; saw {kinds[-30:]}")
-
-    def wait_frames(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        start = len(self.headers)
-        while len(self.headers) < start + count:
-            assert time.monotonic() < deadline, f"masks stopped flowing ({len(self.headers)})"
-            time.sleep(0.05)
-
-    def close(self):
-        self.stopped.set()
-        self.join(5)
-        self.sub.close()
 
 
 class CurrentWatcher(threading.Thread):
