@@ -211,11 +211,14 @@ def test_everything_survived_in_order(shared):
     assert collector.sub.counters.replaced == 0
     injected = summary["faults_injected"]
     assert injected["bad"] > 0 and injected["resize"] > 0 and injected["outage"] > 0
-    # every frame captured was published except the corrupt ones: none lost, none extra
-    assert summary["frames_failed"] == injected["bad"]
+    # every frame captured was published except the corrupt ones: none lost, none extra. The
+    # source counts a frame when it makes it; the one it made as SIGTERM arrived is never handed
+    # to the loop, so one corrupt frame may be counted there and not here.
+    in_flight_bad = injected["bad"] - summary["frames_failed"]
+    assert in_flight_bad in (0, 1)
     assert summary["frames_published"] + summary["frames_failed"] == summary["frames_in"]
     assert len(ids) == summary["frames_published"]
-    assert len(set(range(summary["frames_in"])) - set(ids)) == injected["bad"]
+    assert len(set(range(summary["frames_in"])) - set(ids)) == summary["frames_failed"]
     versions = [h.engine_version for h in collector.headers]
     assert versions == sorted(versions) and not set(versions) & shared["damaged"]
     # every outage was reported, lost then resumed
@@ -225,7 +228,7 @@ def test_everything_survived_in_order(shared):
     last = [s["state"] for s in collector.statuses if s.get("kind") == "source"][-1]
     assert lost == injected["outage"]
     assert resumed == lost or (resumed == lost - 1 and last == "lost")  # stopped mid-outage
-    assert summary["decisions"]["bad_frame"] == injected["bad"]
+    assert summary["decisions"]["bad_frame"] == summary["frames_failed"]
     assert summary["decisions"]["daemon_restart"] >= 2
     assert summary["decisions"]["engine_rejected"] == 2
     # the store never had a partial version current, and ends consistent
