@@ -1,4 +1,4 @@
-"""The two input views of an IAPC step (see ``METHOD.md``, "Inputs of one step").
+"""The two input views of an IAPC step (see ``docs/METHOD.md``, "IAPC").
 
 - :func:`random_rescale_crop`: ``x1`` (rescaled x0.8-1.2, cropped) for the source and target
   networks, ``x0`` (the un-rescaled image cropped at the same place) for the memory network, and

@@ -21,6 +21,7 @@ from torch import nn
 
 from iapc.adapt.models import MODELS, build_model
 from iapc.errors import UserError
+from iapc.options import DEFAULT_INPUT_SIZE
 
 FORMAT = "iapc/1"
 RELEASED_MODEL = "deeplabv2_resnet101"
@@ -90,7 +91,8 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
                num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the right architecture and load ``path`` into it.
 
-    Returns ``(model, meta)``; ``meta`` has ``model``, ``num_classes``, ``config`` and ``step``.
+    Returns ``(model, meta)``; ``meta`` has ``model``, ``num_classes``, ``config``, ``step`` and
+    ``input_size`` (the (W, H) it was trained at, or None when the file does not say).
     ``model_name``/``num_classes`` are checked against the file when it records them.
     """
     path = Path(path)
@@ -104,12 +106,13 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
             raise UserError(f"checkpoint {path} has {classes} classes, not {num_classes}")
         state = data["state_dict"]
         meta = {"model": name, "num_classes": classes, "config": data.get("config", {}),
-                "step": int(data.get("step", 0))}
+                "step": int(data.get("step", 0)), "input_size": recorded_input_size(data)}
     else:
         name = model_name or RELEASED_MODEL
         state = _released_state_dict(data)
         classes = num_classes or _classes_from_released(state)
-        meta = {"model": name, "num_classes": classes, "config": {}, "step": 0}
+        meta = {"model": name, "num_classes": classes, "config": {}, "step": 0,
+                "input_size": None}
     if name not in MODELS:
         raise UserError(f"checkpoint {path} names unknown model {name!r}")
     model = build_model(name, classes)
@@ -117,6 +120,59 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
     return model, meta
 
 
+def recorded_input_size(data: dict[str, Any]) -> tuple[int, int] | None:
+    """The (width, height) a checkpoint's model was trained at: its ``input_size`` key, else the
+    ``size`` of its training config (files written before the key existed), else None."""
+    size = data.get("input_size") or (data.get("config") or {}).get("size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
+def input_size_for(meta: dict[str, Any], requested: tuple[int, int] | None,
+                   what: str = "input") -> tuple[int, int]:
+    """The size a command runs ``meta``'s model at: ``requested`` if given (one warning line
+    when it differs from the training size), else the recorded size, else 1024x512."""
+    import sys
+
+    recorded = meta.get("input_size")
+    if requested is None:
+        return tuple(recorded) if recorded else DEFAULT_INPUT_SIZE
+    if recorded and tuple(requested) != tuple(recorded):
+        print(f"warning: {what} size {requested[0]}x{requested[1]} differs from the "
+              f"{recorded[0]}x{recorded[1]} the checkpoint was trained at; drop the size option "
+              "to use the training size", file=sys.stderr)
+    return tuple(requested)
+
+
 def _classes_from_released(state: dict[str, torch.Tensor]) -> int:
     bias = state.get("layer6.conv2d_list.0.bias")
     return int(bias.shape[0]) if bias is not None else 19
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m iapc.adapt.checkpoint FILE``: the facts a torch-free process needs about a
+    checkpoint (model, classes, training size), as one JSON line; a bad file is one error line.
+    ``iapc-runtime`` calls it before starting its processes."""
+    import argparse
+    import json
+
+    from iapc.errors import run_cli
+
+    parser = argparse.ArgumentParser(prog="python -m iapc.adapt.checkpoint")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--num-classes", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    def facts() -> int:
+        _, meta = load_model(args.checkpoint, args.model, args.num_classes)
+        print(json.dumps({"model": meta["model"], "num_classes": meta["num_classes"],
+                          "input_size": meta["input_size"]}))
+        return 0
+
+    return run_cli("iapc-runtime", facts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,7 +38,7 @@ class DemoConfig:
     # Backbone lr; the classifier learns 10x faster. 3e-4 measured best of 3e-4..1e-2 for the
     # tiny model on the night domain (docs/BENCHMARKS.md, bench_adaptation.py).
     adapt_lr: float = 3e-4
-    crop: tuple[int, int] = (96, 192)  # (H, W) IAPC random crop
+    crop: tuple[int, int] = (192, 96)  # (W, H) IAPC random crop
     preset: str = "paper"
     seed: int = 0
     device: str = "auto"
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     parser.add_argument("--target", default=d.target, help="synthetic target domain (night, fog, rain, city)")
     parser.add_argument("--size", type=parse_size, default=d.size, help="WIDTHxHEIGHT")
-    parser.add_argument("--crop", type=parse_size, default=d.crop, help="HEIGHTxWIDTH IAPC crop")
+    parser.add_argument("--crop", type=parse_size, default=d.crop, help="WIDTHxHEIGHT IAPC crop")
     parser.add_argument("--train-images", type=int, default=d.train_images)
     parser.add_argument("--val-images", type=int, default=d.val_images)
     parser.add_argument("--source-iters", type=int, default=d.source_iters)

@@ -57,12 +57,59 @@ def ensure_source_model(model: str = "tiny", out: Path | None = None, iters: int
     return out
 
 
+# Source val frames the shipped model's check test re-scores (a few, so the test stays fast).
+CHECK_FRAMES = 8
+SHIP_COMMAND = "python -m iapc.adapt.embedded --model {model} --ship"
+
+
+def ship(model: str = "tiny", checkpoint: Path | None = None, iters: int = EMBEDDED_ITERS) -> Path:
+    """Train (or take ``checkpoint``) and write the shipped weights and their manifest into
+    ``iapc/weights/``: the command, data, seed, sha256, input size and source-val mIoU."""
+    import json
+    import shutil
+
+    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.evaluate import evaluate_model, labelled_samples
+    from iapc.shipped import manifest_path, sha256_of, weights_path
+
+    out = weights_path(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        shutil.copyfile(checkpoint, out)
+    else:
+        out.unlink(missing_ok=True)
+        ensure_source_model(model, out, iters)
+    network, meta = load_model(out)
+    val = labelled_samples(synthetic_root("source"), "val")
+    score = lambda samples: evaluate_model(network.eval(), samples, size=EMBEDDED_SIZE,  # noqa: E731
+                                           batch_size=8)["miou"]
+    manifest = {
+        "model": model, "command": SHIP_COMMAND.format(model=model), "sha256": sha256_of(out),
+        "input_size": list(EMBEDDED_SIZE), "num_classes": meta["num_classes"],
+        "data": {"domain": "source", "generator": "iapc synthetic world", "seed": 0,
+                 "train_images": EMBEDDED_TRAIN_IMAGES, "val_images": len(val),
+                 "size": list(EMBEDDED_SIZE)},
+        "training": meta["config"], "seed": meta["config"].get("seed", 0),
+        "source_val_miou": round(100 * score(val), 2),
+        "check": {"frames": CHECK_FRAMES, "miou": round(100 * score(val[:CHECK_FRAMES]), 2)},
+    }
+    manifest_path(model).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m iapc.adapt.embedded")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--iters", type=int, default=EMBEDDED_ITERS)
+    parser.add_argument("--ship", action="store_true",
+                        help="write the package's shipped weights and manifest (iapc/weights/)")
+    parser.add_argument("--from-checkpoint", type=Path, default=None,
+                        help="with --ship: ship this already trained checkpoint of the recipe")
     args = parser.parse_args(argv)
+    if args.ship:
+        return run_cli("iapc-runtime", lambda: (print(ship(args.model, args.from_checkpoint,
+                                                           args.iters)), 0)[1])
     return run_cli("iapc-runtime", lambda: (print(ensure_source_model(args.model, args.out, args.iters)), 0)[1])
 
 

@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="architecture, if the file does not record it")
     parser.add_argument("--root", required=True, help="labelled Cityscapes- or GTA5-layout root")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--size", default="1024x512", type=parse_size, help="input WxH")
+    parser.add_argument("--size", default=None, type=parse_size,
+                        help="input WxH (default: the size the checkpoint was trained at, else 1024x512)")
     parser.add_argument("--classes", default="19", choices=("19", "16", "13"),
                         help="mIoU over 19 Cityscapes classes, or SYNTHIA's 16 / 13")
     parser.add_argument("--batch", type=int, default=2)
@@ -132,12 +133,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.checkpoint import input_size_for, load_model
     from iapc.adapt.metrics import format_table
 
-    model, _meta = load_model(args.checkpoint, args.model)
+    model, meta = load_model(args.checkpoint, args.model)
+    size = input_size_for(meta, args.size, "--size")
     samples = labelled_samples(args.root, args.split)
-    scores = score_samples(model, samples, size=args.size, batch_size=args.batch,
+    scores = score_samples(model, samples, size=size, batch_size=args.batch,
                            classes=args.classes, device=args.device, progress=True)
     print(format_table(scores))
     if args.json:

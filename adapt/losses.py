@@ -1,4 +1,4 @@
-"""The IAPC losses (see ``METHOD.md``): importance-aware pseudo-label loss (IA), information
+"""The IAPC losses (see ``docs/METHOD.md``): importance-aware pseudo-label loss (IA), information
 maximisation (IM), prototype-symmetric (PS) and prototype-enhanced (PE) cross-entropy.
 
 Two presets say where the paper and the authors' released training code disagree:
@@ -15,12 +15,12 @@ and no host round trip, so a step can be queued on a GPU without a sync.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from iapc.errors import UserError
+from iapc.method_config import (BN_STATISTICS, PRESETS, TEACHERS, LossWeights, Preset,  # noqa: F401
+                                 get_preset)
 
 IGNORE_INDEX = 255
 # Class-balance constants of the released code: a class with fewer than 64*64 pixels per image
@@ -31,44 +31,6 @@ MAX_CLASS_WEIGHT = 7.0
 OFTEN_MOMENTUM = 0.9
 # The released entropy adds this inside the log.
 RELEASED_ENTROPY_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The lambdas of ``L = ia*L_IA + im*L_IM + ps*L_PS + pe*L_PE``."""
-
-    ia: float
-    im: float
-    ps: float
-    pe: float
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One consistent reading of the method: which importance, which IM, which weights."""
-
-    name: str
-    importance: str  # "probability" (paper), "logit" (released code) or "none" (w = 1, ablation)
-    im: str  # "entropy_diversity" (paper) or "entropy" (released code)
-    ps_reshape_quirk: bool  # reproduce the released view(N, K, h, w) in the second PS term
-    weights: LossWeights
-
-
-PRESETS: dict[str, Preset] = {
-    "paper": Preset("paper", importance="probability", im="entropy_diversity",
-                    ps_reshape_quirk=False, weights=LossWeights(ia=0.2, im=0.5, ps=0.04, pe=2.0)),
-    "released": Preset("released", importance="logit", im="entropy",
-                       ps_reshape_quirk=True, weights=LossWeights(ia=0.2, im=2.0, ps=0.04, pe=0.5)),
-}
-
-
-def get_preset(preset: str | Preset) -> Preset:
-    """The :class:`Preset` called ``preset`` (a :class:`Preset` is returned unchanged)."""
-    if isinstance(preset, Preset):
-        return preset
-    if preset not in PRESETS:
-        raise UserError(f"unknown IAPC preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[preset]
 
 
 class ClassBalanceState:
@@ -108,20 +70,22 @@ def class_pixel_counts(label: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def class_balance_weights(pseudo_label: torch.Tensor, num_classes: int,
-                          state: ClassBalanceState) -> torch.Tensor:
+                          state: ClassBalanceState, rare_fraction: float | None = None) -> torch.Tensor:
     """Per-class cross-entropy weights from one batch's pseudo-label, as the released code.
 
     ``pseudo_label``: (N, H, W) long, ignore index 255. Returns (K,) float32:
     ``weight_k * often_k`` where ``weight_k`` = 7 if class k has fewer than 64*64*N pixels in
-    the batch else 1, and ``often`` is first updated in place:
+    the batch (``rare_fraction * H * W * N`` when given) else 1, and ``often`` is first updated
+    in place:
     ``often <- 0.9 * often + 0.1 * (7 if class k is absent else 1)``.
     """
     if state.num_classes != num_classes:
         raise UserError(f"class-balance state has {state.num_classes} classes, the logits have "
                         f"{num_classes}: use one ClassBalanceState per model")
-    n = pseudo_label.shape[0]
+    n, h, w = pseudo_label.shape
     counts = class_pixel_counts(pseudo_label, num_classes)  # (K,)
-    rare = counts < RARE_PIXELS_PER_IMAGE * n
+    rare_pixels = RARE_PIXELS_PER_IMAGE if rare_fraction is None else rare_fraction * h * w
+    rare = counts < rare_pixels * n
     weight = torch.where(rare, MAX_CLASS_WEIGHT, 1.0).to(torch.float32)
     absent = torch.where(counts == 0, MAX_CLASS_WEIGHT, 1.0).to(torch.float32)
     state.often = state.often.to(counts.device)
@@ -248,7 +212,8 @@ def iapc_losses(target_logits: torch.Tensor, target_feats: torch.Tensor,
 
     - ``target_logits`` (N, K, h, w), ``target_feats`` (N, C, h, w): ``T(x2)``, the only inputs
       that receive gradients (through both);
-    - ``source_logits`` (N, K, h, w): ``S(x1)``, used for the importance ``w``;
+    - ``source_logits`` (N, K, h, w): the teacher on ``x1`` (``S(x1)``, or ``M(x1)`` when the
+      preset's teacher is the memory network), used for the importance ``w``;
     - ``memory_logits`` (N, K, h', w'), ``memory_feats`` (N, C, h', w'): ``M(x0)``, used for the
       per-image prototypes;
     - ``pseudo_label`` (N, H, W) long: ``y_hat`` at crop resolution (ignore index 255). Its size
@@ -257,7 +222,7 @@ def iapc_losses(target_logits: torch.Tensor, target_feats: torch.Tensor,
     Source and memory inputs are constants (detached here). Everything is computed in float32,
     so bf16/fp16 network outputs are safe.
 
-    Steps, per ``METHOD.md``:
+    Steps, per ``docs/METHOD.md``:
 
     1. ``t = up(target_logits)``, ``s = up(source_logits)``, ``m = up(memory_logits)``;
     2. class weights from ``pseudo_label`` (:func:`class_balance_weights`, updating
@@ -285,7 +250,8 @@ def iapc_losses(target_logits: torch.Tensor, target_feats: torch.Tensor,
 
     if class_balance:
         state = state if state is not None else ClassBalanceState(num_classes, pseudo_label.device)
-        class_weight = class_balance_weights(pseudo_label, num_classes, state)  # (K,)
+        class_weight = class_balance_weights(pseudo_label, num_classes, state,
+                                             preset.rare_fraction)  # (K,)
     else:
         class_weight = None
 

@@ -1,5 +1,5 @@
 """One IAPC adaptation step and the pieces around it: the three networks, the optimiser, the
-learning-rate schedule, the EMA memory and offline pseudo-labels (see ``METHOD.md``).
+learning-rate schedule, the EMA memory and offline pseudo-labels (see ``docs/METHOD.md``).
 
 Typical use::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -26,72 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from iapc.adapt.augment import photometric_augment, random_rescale_crop
-from iapc.adapt.losses import ClassBalanceState, get_preset, iapc_losses, upsample
+from iapc.adapt.losses import IGNORE_INDEX, ClassBalanceState, get_preset, iapc_losses, upsample
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
+from iapc.method_config import SCHEDULES, AdaptConfig  # noqa: F401 (re-exported)
 
-SCHEDULES = ("poly", "constant")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_KEYS = ("ia", "im", "ps", "pe", "total")
-
-
-@dataclass
-class AdaptConfig:
-    """Everything one adaptation run depends on; saved beside every checkpoint (``to_dict``).
-
-    ``schedule``: ``"poly"`` is the paper's warm-up then ``(1 - i/max_iters)^power`` decay, for
-    a fixed number of iterations. ``"constant"`` keeps the same warm-up and then holds ``lr``,
-    for streams that never end (poly decay would reach 0 at ``max_iters`` and stop adapting).
-    ``amp_dtype``: ``"bf16"`` or ``"fp16"`` autocast for the forward passes (CUDA only); the
-    losses are always computed in float32.
-    """
-
-    preset: str = "paper"
-    lr: float = 1e-4
-    classifier_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    warmup_iters: int = 5000
-    warmup_factor: float = 0.1
-    max_iters: int = 100000
-    power: float = 0.9
-    ema_alpha: float = 0.9999
-    crop: tuple[int, int] = (256, 512)  # (height, width)
-    scale_range: tuple[float, float] = (0.8, 1.2)
-    class_balance: bool = True
-    amp_dtype: str | None = None
-    channels_last: bool = False
-    schedule: str = "poly"
-    seed: int = 0  # seeds the torch.Generator the caller passes to adaptation_step
-
-    def __post_init__(self) -> None:
-        self.crop = tuple(int(v) for v in self.crop)
-        self.scale_range = tuple(float(v) for v in self.scale_range)
-        get_preset(self.preset)
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
-            raise UserError(f"unknown amp_dtype {self.amp_dtype!r}: use 'bf16', 'fp16' or None")
-        if len(self.crop) != 2 or min(self.crop) <= 0:
-            raise UserError(f"crop {self.crop} is not a (height, width) of positive sizes: use e.g. (256, 512)")
-        if not 0.0 <= self.ema_alpha <= 1.0:
-            raise UserError(f"ema_alpha {self.ema_alpha} is outside [0, 1]: the paper uses 0.9999")
-        if self.max_iters <= 0 or self.warmup_iters < 0:
-            raise UserError("max_iters must be positive and warmup_iters non-negative")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-friendly values (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AdaptConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown adaptation option(s) {', '.join(unknown)}: "
-                            f"valid ones are {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 @dataclass
@@ -160,6 +101,7 @@ def learning_rate(step: int, cfg: AdaptConfig) -> float:
     ``poly`` schedule (so it never goes negative past ``max_iters``) and 1 for ``constant``.
     Multiplying, rather than starting the decay after the warm-up, keeps it continuous.
     """
+    cfg = cfg.resolved()
     if step < cfg.warmup_iters:
         warm = cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_iters
     else:
@@ -178,6 +120,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: AdaptCon
 
 def make_optimizer(target: nn.Module, cfg: AdaptConfig) -> torch.optim.SGD:
     """SGD (Nesterov) over the trainable parameters: backbone at lr, classifier at 10x lr."""
+    cfg = cfg.resolved()
     groups = target.parameter_groups()
     grouped = {id(p) for params in groups.values() for p in params}
     stray = [name for name, p in target.named_parameters() if p.requires_grad and id(p) not in grouped]
@@ -235,48 +178,101 @@ def _grad_scaler(state: AdaptState, cfg: AdaptConfig) -> torch.amp.GradScaler | 
     return state.grad_scaler if cfg.amp_dtype == "fp16" else None
 
 
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in eval mode for the block: they normalise with, and do not update, their
+    running statistics (gradients still flow); the previous modes come back afterwards."""
+    norms = list(_batch_norms(model))
+    modes = [bn.training for bn in norms]
+    for bn in norms:
+        bn.eval()
+    try:
+        yield
+    finally:
+        for bn, mode in zip(norms, modes):
+            bn.train(mode)
+
+
+@torch.no_grad()
+def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig") -> None:
+    """One train-mode forward of the un-augmented frames: BatchNorm running statistics move
+    towards them by the layers' momentum (``cfg.bn_momentum`` when set). No gradients."""
+    norms = list(_batch_norms(model))
+    if cfg.bn_momentum is not None:
+        for bn in norms:
+            bn.momentum = cfg.bn_momentum
+    modes = [bn.training for bn in norms]
+    for bn in norms:
+        bn.train()
+    with _autocast(cfg, _device_of(model)):
+        model(_network_input(images_u8, model, cfg))
+    for bn, mode in zip(norms, modes):
+        bn.train(mode)
+
+
+def teacher_label(teacher_logits: torch.Tensor, crop: tuple[int, int],
+                  min_confidence: float) -> torch.Tensor:
+    """``y_hat`` (N, H, W) long: argmax of the upsampled teacher logits (N, K, h, w); pixels whose
+    top probability is below ``min_confidence`` become the ignore index."""
+    prob = upsample(teacher_logits.float(), crop).softmax(dim=1)  # (N, K, H, W)
+    confidence, label = prob.max(dim=1)
+    if min_confidence > 0:
+        label = torch.where(confidence >= min_confidence, label, IGNORE_INDEX)
+    return label
+
+
 def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, batch: torch.Tensor,
                     optimizer: torch.optim.Optimizer, state: AdaptState, cfg: AdaptConfig,
                     pseudo_label: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> dict[str, float]:
     """One IAPC step on a uint8 (N, 3, H, W) RGB batch, in the released code's order.
 
-    1. EMA update of ``M`` from ``T``;
+    1. EMA update of ``M`` from ``T``; with the preset's ``bn_statistics="clean"``, ``T``'s
+       BatchNorm statistics then follow the un-augmented batch (:func:`update_bn_statistics`);
     2. views: ``x1`` (rescaled crop), ``x0`` (un-rescaled crop), ``x2`` (photometric ``x1``);
-    3. ``S(x1)`` and ``M(x0)`` without autograd;
-    4. ``y_hat``: the cropped offline ``pseudo_label`` (N, H, W) if given, else
-       ``argmax up(S(x1))`` (streaming);
-    5. ``T(x2)``, :func:`~iapc.adapt.losses.iapc_losses`, backward, SGD step, next lr.
+    3. the teacher on ``x1`` (``S``, or ``M`` for ``teacher="memory"``) and ``M(x0)`` without
+       autograd;
+    4. ``y_hat``: the cropped offline ``pseudo_label`` (N, H, W) if given, else the teacher's
+       argmax (streaming), low-confidence pixels ignored when the preset says so;
+    5. ``T(x2)`` (with frozen BN statistics under ``"clean"``), the losses, backward, SGD step.
 
     Returns the weighted loss terms ``ia, im, ps, pe, total``, the ``lr`` used and ``skipped``.
     A non-finite loss skips the optimiser step (and the step counter) and returns
     ``skipped=True``; the caller is expected to roll back (BN statistics and class-balance
     state have already seen the batch).
     """
+    cfg = cfg.resolved()
+    preset = get_preset(cfg.preset)
     device = _device_of(target)
     batch = batch.to(device)
     if pseudo_label is not None:
         pseudo_label = pseudo_label.to(device)
 
     ema_update(memory, target, cfg.ema_alpha)
-    views = random_rescale_crop(batch, cfg.crop, cfg.scale_range, label=pseudo_label, generator=generator)
+    clean_statistics = preset.bn_statistics == "clean"
+    if clean_statistics:
+        update_bn_statistics(target, batch, cfg)
+    views = random_rescale_crop(batch, cfg.crop_hw, cfg.scale_range, label=pseudo_label,
+                                generator=generator)
     x2 = photometric_augment(views.x1, generator)
 
+    teacher = memory if preset.teacher == "memory" else source
     with torch.inference_mode(), _autocast(cfg, device):
-        source_logits, _ = source(_network_input(views.x1, source, cfg))  # (N, K, h, w)
+        teacher_logits, _ = teacher(_network_input(views.x1, teacher, cfg))  # (N, K, h, w)
         memory_logits, memory_feats = memory(_network_input(views.x0, memory, cfg))
     # Inference tensors cannot enter autograd graphs; clones outside inference mode can.
-    source_logits, memory_logits, memory_feats = (
-        t.clone() for t in (source_logits, memory_logits, memory_feats))
+    teacher_logits, memory_logits, memory_feats = (
+        t.clone() for t in (teacher_logits, memory_logits, memory_feats))
     if views.label is not None:
         label = views.label  # (N, H, W) offline pseudo-label cropped like x1
     else:
-        label = upsample(source_logits.float(), cfg.crop).argmax(dim=1)  # (N, H, W)
+        label = teacher_label(teacher_logits, cfg.crop_hw, preset.min_confidence)  # (N, H, W)
 
-    with _autocast(cfg, device):
+    with _autocast(cfg, device), (frozen_bn_statistics(target) if clean_statistics
+                                  else contextlib.nullcontext()):
         target_logits, target_feats = target(_network_input(x2, target, cfg))
-    losses = iapc_losses(target_logits, target_feats, source_logits, memory_logits, memory_feats,
-                         label, preset=cfg.preset, state=state.class_balance,
+    losses = iapc_losses(target_logits, target_feats, teacher_logits, memory_logits, memory_feats,
+                         label, preset=preset, state=state.class_balance,
                          class_balance=cfg.class_balance)
 
     optimizer.zero_grad(set_to_none=True)

@@ -275,76 +275,60 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return files[-1] if files else None
 
 
-@dataclass
-class Networks:
-    """Everything a run updates; ``target`` is the bare model (``trained`` may be its DDP)."""
-
-    model_name: str
-    source: Any
-    memory: Any
-    target: Any
-    trained: Any
-    optimizer: Any
-    state: Any
-    generator: Any  # torch.Generator of the augmentations, reseeded every step
-
-
-def save_adapt_checkpoint(nets: Networks, out: str | Path, config: dict[str, Any],
-                          history: list[dict[str, Any]]) -> Path:
-    """A target model file that also carries what ``--resume`` needs."""
+def save_adapt_checkpoint(adapter: Any, model_name: str, out: str | Path, config: dict[str, Any],
+                          history: list[dict[str, Any]], size: tuple[int, int]) -> Path:
+    """A model file of the adapted network that also carries what ``--resume`` needs."""
     from iapc.adapt.checkpoint import save_checkpoint
 
-    path = checkpoint_file(out, nets.state.step)
-    save_checkpoint(path, nets.model_name, nets.target, config, step=nets.state.step,
-                    memory=nets.memory.state_dict(), optimizer=nets.optimizer.state_dict(),
-                    adapt_state=nets.state.state_dict(), history=history)
+    path = checkpoint_file(out, adapter.step_count)
+    save_checkpoint(path, model_name, adapter.deployable(), config, step=adapter.step_count,
+                    input_size=list(size), method=adapter.name, history=history,
+                    **adapter.state_dict())
     return path
 
 
-def restore_adapt_checkpoint(nets: Networks, path: Path) -> list[dict[str, Any]]:
-    """Load target, memory, optimiser and AdaptState from ``path``; returns the history."""
+def restore_adapt_checkpoint(adapter: Any, path: Path) -> list[dict[str, Any]]:
+    """Load the adapted network and the method's state from ``path``; returns the history."""
     from iapc.adapt.checkpoint import read_checkpoint_file
 
     data = read_checkpoint_file(path)
-    if "adapt_state" not in data or "memory" not in data:
-        raise UserError(f"{path} is not an 'iapc adapt' checkpoint (no memory/optimiser state): "
-                        "drop --resume or point --out at an adaptation run")
-    nets.target.load_state_dict(data["state_dict"])
-    nets.memory.load_state_dict(data["memory"])
-    nets.optimizer.load_state_dict(data["optimizer"])
-    nets.state.load_state_dict(data["adapt_state"])
+    if data.get("method", "iapc") != adapter.name or "step" not in data:
+        raise UserError(f"{path} is not an 'iapc adapt --method {adapter.name}' checkpoint: drop "
+                        "--resume or point --out at a run of the same method")
+    adapter.deployable().load_state_dict(data["state_dict"])
+    adapter.load_state_dict(data)
     return list(data.get("history", []))
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def build_networks(source_model: "nn.Module", model_name: str, adapt_cfg: "AdaptConfig",
-                   ctx: DistContext) -> Networks:
-    import torch
+def build_adapter(source_model: "nn.Module", adapt_cfg: "AdaptConfig", ctx: DistContext):
+    """The configured method's :class:`~iapc.adapt.methods.Adapter` on ``ctx.device``; an IAPC
+    target is wrapped in DDP when several processes run."""
+    from iapc.adapt.methods import make_adapter
 
-    from iapc.adapt.method import AdaptState, make_networks, make_optimizer
-
-    source, memory, target = (m.to(ctx.device) for m in
-                              make_networks(source_model, channels_last=adapt_cfg.channels_last))
-    trained = wrap_target(target, ctx)
-    optimizer = make_optimizer(target, adapt_cfg)
-    return Networks(model_name, source, memory, target, trained, optimizer,
-                    AdaptState.new(target.num_classes, ctx.device), torch.Generator())
+    adapter = make_adapter(adapt_cfg.method, source_model.to(ctx.device), adapt_cfg)
+    if adapt_cfg.method == "iapc":
+        adapter.trained = wrap_target(adapter.target, ctx)
+    elif ctx.distributed:
+        raise UserError(f"--method {adapt_cfg.method} runs in one process: drop torchrun")
+    return adapter
 
 
-def _evaluate_target(nets: Networks, eval_samples, cfg: RunConfig, ctx: DistContext,
-                     classes: str) -> float | None:
-    """mIoU of ``T`` on the labelled split (rank 0 only); ``T`` goes back to train mode."""
+def _evaluate_adapted(adapter, eval_samples, cfg: RunConfig, ctx: DistContext,
+                      classes: str) -> float | None:
+    """mIoU of the adapted network on the labelled split (rank 0 only), its modes restored."""
     if not eval_samples:
         return None
     miou = None
     if ctx.is_main:
         from iapc.adapt.evaluate import score_samples
+        from iapc.adapt.methods import deployed
 
-        miou = score_samples(nets.target, eval_samples, size=cfg.size, batch_size=cfg.batch,
-                             classes=classes, device=ctx.device).miou
-        nets.target.train()
+        with deployed(adapter.deployable()) as network:
+            miou = score_samples(network, eval_samples, size=cfg.size, batch_size=cfg.batch,
+                                 classes=classes, device=ctx.device).miou
     _barrier(ctx)
     return miou
 
@@ -353,14 +337,12 @@ def adapt_offline(source_model: "nn.Module", model_name: str, samples: Sequence[
                   adapt_cfg: "AdaptConfig", cfg: RunConfig,
                   eval_samples: Sequence["Sample"] | None = None, classes: str = "19",
                   source_id: str = "") -> dict[str, Any]:
-    """Adapt ``source_model`` on ``samples`` for ``cfg.iters`` steps.
+    """Adapt ``source_model`` on ``samples`` for ``cfg.iters`` steps with ``adapt_cfg.method``.
 
     Returns ``{"steps", "miou" (None without eval_samples), "history", "checkpoint",
     "seconds", "skipped", "target"}``; ``target`` is the adapted model (on ``cfg.device``).
     """
     import torch
-
-    from iapc.adapt.method import adaptation_step
 
     cfg.validate()
     if not samples:
@@ -370,55 +352,58 @@ def adapt_offline(source_model: "nn.Module", model_name: str, samples: Sequence[
         raise UserError("a multi-process run needs --out: the ranks share the pseudo-label cache "
                         "and rank 0 writes the checkpoints there")
     torch.manual_seed(cfg.seed)  # identical initial state on every rank
-    nets = build_networks(source_model, model_name, adapt_cfg, ctx)
+    adapt_cfg = adapt_cfg.fitted_to(*cfg.size).resolved()
+    adapter = build_adapter(source_model, adapt_cfg, ctx)
     config = {"adapt": adapt_cfg.to_dict(), "run": cfg.to_dict(), "source": source_id}
     history: list[dict[str, Any]] = []
     if cfg.resume and latest_checkpoint(cfg.out) is not None:
-        history = restore_adapt_checkpoint(nets, latest_checkpoint(cfg.out))
+        history = restore_adapt_checkpoint(adapter, latest_checkpoint(cfg.out))
 
     label_dir = None
-    if cfg.pseudo_labels == "offline":
+    if cfg.pseudo_labels == "offline" and adapt_cfg.method == "iapc":
         label_dir = Path(cfg.out) / PSEUDO_LABEL_DIR if cfg.out else _temporary_label_dir()
-        cache_pseudo_labels(nets.source, samples, label_dir, cfg, ctx, source_id)
+        cache_pseudo_labels(adapter.source, samples, label_dir, cfg, ctx, source_id)
     dataset = TargetImages(samples, cfg.size, label_dir)
-    batches = batches_from_step(dataset, cfg, ctx, nets.state.step)
+    batches = batches_from_step(dataset, cfg, ctx, adapter.step_count)
+    generator = torch.Generator()
 
     started, skipped, last = time.perf_counter(), 0, {}
-    bar = _progress(nets.state.step, cfg, ctx)
-    while nets.state.step < cfg.iters:
+    bar = _progress(adapter.step_count, cfg, ctx)
+    while adapter.step_count < cfg.iters:
         images, labels = next(batches)
         # Seeded from (seed, step, rank): crops differ per rank, and a resumed run draws the
         # same augmentations as an uninterrupted one.
-        nets.generator.manual_seed((cfg.seed * 1_000_003 + nets.state.step) * 1024 + ctx.rank)
-        last = adaptation_step(nets.source, nets.memory, nets.trained, images.to(ctx.device),
-                               nets.optimizer, nets.state, adapt_cfg,
-                               pseudo_label=labels.to(ctx.device) if label_dir else None,
-                               generator=nets.generator)
-        if last["skipped"]:
+        generator.manual_seed((cfg.seed * 1_000_003 + adapter.step_count) * 1024 + ctx.rank)
+        last = adapter.step(images.to(ctx.device),
+                            pseudo_label=labels.to(ctx.device) if label_dir else None,
+                            generator=generator)
+        if adapter.skipped(last):
             skipped += 1
             if skipped > 10:
                 raise UserError("more than 10 steps had a non-finite loss: lower --lr")
             continue
-        step = nets.state.step
+        step = adapter.step_count
         bar.update(1)
-        bar.set_postfix(loss=f"{last['total']:.3f}", lr=f"{last['lr']:.2e}")
+        if "total" in last:
+            bar.set_postfix(loss=f"{last['total']:.3f}")
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iters:
-            history.append(_record(step, last, _evaluate_target(nets, eval_samples, cfg, ctx, classes)))
+            history.append(_record(step, last, _evaluate_adapted(adapter, eval_samples, cfg, ctx, classes)))
         if cfg.out and cfg.save_every and step % cfg.save_every == 0 and step < cfg.iters:
-            _save(nets, cfg, ctx, config, history)
+            _save(adapter, model_name, cfg, ctx, config, history)
     bar.close()
 
-    sync_buffers(nets.target, ctx)
-    miou = _evaluate_target(nets, eval_samples, cfg, ctx, classes)
-    history.append(_record(nets.state.step, last, miou))
-    checkpoint = _save(nets, cfg, ctx, config, history) if cfg.out else None
+    sync_buffers(adapter.deployable(), ctx)
+    miou = _evaluate_adapted(adapter, eval_samples, cfg, ctx, classes)
+    history.append(_record(adapter.step_count, last, miou))
+    checkpoint = _save(adapter, model_name, cfg, ctx, config, history) if cfg.out else None
     if cfg.out and ctx.is_main:
         (Path(cfg.out) / "history.json").write_text(json.dumps(history, indent=2))
     if label_dir is not None and not cfg.out:
         _remove_tree(label_dir)
-    return {"steps": nets.state.step, "miou": miou, "history": history, "checkpoint": checkpoint,
-            "seconds": time.perf_counter() - started, "skipped": skipped, "target": nets.target,
-            "rank": ctx.rank, "world_size": ctx.world_size}
+    return {"steps": adapter.step_count, "miou": miou, "history": history,
+            "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
+            "skipped": skipped, "target": adapter.deployable(), "rank": ctx.rank,
+            "world_size": ctx.world_size}
 
 
 def _record(step: int, losses: dict[str, Any], miou: float | None) -> dict[str, Any]:
@@ -426,10 +411,11 @@ def _record(step: int, losses: dict[str, Any], miou: float | None) -> dict[str, 
             **{k: v for k, v in losses.items() if k in ("ia", "im", "ps", "pe", "total", "lr")}}
 
 
-def _save(nets: Networks, cfg: RunConfig, ctx: DistContext, config, history) -> Path | None:
+def _save(adapter, model_name: str, cfg: RunConfig, ctx: DistContext, config,
+          history) -> Path | None:
     path = None
     if ctx.is_main:
-        path = save_adapt_checkpoint(nets, cfg.out, config, history)
+        path = save_adapt_checkpoint(adapter, model_name, cfg.out, config, history, cfg.size)
     _barrier(ctx)
     return path
 
@@ -457,6 +443,9 @@ def _remove_tree(path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from iapc.method_config import AdaptConfig
+    from iapc.settings import add_flags
+
     defaults = RunConfig()
     parser.add_argument("--checkpoint", required=True, help="source model file")
     parser.add_argument("--model", default=None, help="architecture, if the file does not record it")
@@ -464,47 +453,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split adapted on (labels unused)")
     parser.add_argument("--eval-split", default="val", help="labelled split evaluated on ('' to skip)")
     parser.add_argument("--classes", default="19", choices=("19", "16", "13"))
-    parser.add_argument("--preset", default="paper", help="paper or released (see METHOD.md)")
     parser.add_argument("--iters", type=int, default=defaults.iters)
     parser.add_argument("--batch", type=int, default=defaults.batch, help="images per process")
-    parser.add_argument("--crop", type=parse_size, default=None,
-                        help="HEIGHTxWIDTH random crop (default 256x512; note: height first)")
-    parser.add_argument("--size", type=parse_size, default=defaults.size, help="WIDTHxHEIGHT resize")
-    parser.add_argument("--lr", type=float, default=None, help="backbone lr (default: the preset's 1e-4)")
-    parser.add_argument("--warmup-iters", type=int, default=None)
-    parser.add_argument("--max-iters", type=int, default=None, help="poly-decay horizon")
+    parser.add_argument("--size", type=parse_size, default=None,
+                        help="WIDTHxHEIGHT resize (default: the checkpoint's training size, else 1024x512)")
     parser.add_argument("--pseudo-labels", choices=("offline", "online"), default=defaults.pseudo_labels)
     parser.add_argument("--out", default=None, help="folder for checkpoints, pseudo-labels, history")
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0)
+    add_flags(parser, AdaptConfig, "method__", "adaptation method (docs/METHOD.md)")
 
 
 def adapt_config_from_args(args: argparse.Namespace) -> "AdaptConfig":
-    from iapc.adapt.method import AdaptConfig
+    from iapc.method_config import AdaptConfig
+    from iapc.settings import apply_flags
 
-    overrides: dict[str, Any] = {"preset": args.preset, "seed": args.seed}
-    for name, value in (("crop", args.crop), ("lr", args.lr), ("warmup_iters", args.warmup_iters),
-                        ("max_iters", args.max_iters)):
-        if value is not None:
-            overrides[name] = value
-    return AdaptConfig(**overrides)
+    cfg = apply_flags(args, AdaptConfig(), "method__")
+    cfg.check()
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.checkpoint import input_size_for, load_model
     from iapc.adapt.data import find_samples
     from iapc.adapt.evaluate import labelled_samples
 
     adapt_cfg = adapt_config_from_args(args)
-    cfg = RunConfig(iters=args.iters, batch=args.batch, size=args.size,
-                    pseudo_labels=args.pseudo_labels, eval_every=args.eval_every,
-                    save_every=args.save_every, out=args.out, resume=args.resume, seed=args.seed,
-                    device=args.device, workers=args.workers)
     source_model, meta = load_model(args.checkpoint, args.model)
+    cfg = RunConfig(iters=args.iters, batch=args.batch, size=input_size_for(meta, args.size, "--size"),
+                    pseudo_labels=args.pseudo_labels, eval_every=args.eval_every,
+                    save_every=args.save_every, out=args.out, resume=args.resume,
+                    seed=adapt_cfg.seed, device=args.device, workers=args.workers)
     samples = find_samples(args.root, args.split)
     eval_samples = labelled_samples(args.root, args.eval_split) if args.eval_split else None
     result = adapt_offline(source_model, meta["model"], samples, adapt_cfg, cfg, eval_samples,

@@ -208,7 +208,7 @@ def train_source(model_name: str, samples: Sequence["Sample"], cfg: TrainConfig 
     model.eval()
     if out is not None:
         save_checkpoint(out, model_name, model.cpu(), cfg.to_dict(), step=cfg.iters,
-                        train_seconds=time.perf_counter() - started, final_loss=float(running))
+                        input_size=list(cfg.size), train_seconds=time.perf_counter() - started, final_loss=float(running))
         model.to(device)
     return model
 

@@ -17,7 +17,7 @@ Run: ``python benchmarks/bench_adaptation.py --out bench-out`` (defaults take ab
 on two shared CPU cores, plus 5-10 minutes to train the source model on the first run; it is
 cached; ``--iters``, ``--size``, ``--domains`` scale it).
 
-Settings that differ from the paper's (``METHOD.md``, "Optimisation") because this is a 0.2 M
+Settings that differ from the paper's (``docs/METHOD.md``) because this is a 0.2 M
 parameter network trained from scratch on small synthetic images, listed in the report too
 (:data:`DEVIATIONS`); the losses, presets and their weights are the paper's / released code's.
 """
@@ -46,7 +46,7 @@ from iapc.errors import UserError
 
 DEVIATIONS = (
     "model: tiny (0.2 M parameters, trained from scratch with AdamW) instead of DeepLabV2-ResNet101",
-    "images {size[0]}x{size[1]}, IAPC crop {crop[0]}x{crop[1]} (HxW) instead of 1024x512 and 256x512; "
+    "images {size[0]}x{size[1]}, IAPC crop {crop[0]}x{crop[1]} instead of 1024x512 and 512x256; "
     "the class-balance 'rare' threshold stays the released 64*64 pixels per image, so at this crop "
     "most classes count as rare",
     "lr {lr:g} (backbone; classifier 10x) instead of 1e-4: swept 3e-4..1e-2 on night, 1e-2 collapses, "
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench-out/adaptation")
     parser.add_argument("--domains", default="night,fog,rain,city")
     parser.add_argument("--size", type=parse_size, default=(256, 128), help="WIDTHxHEIGHT")
-    parser.add_argument("--crop", type=parse_size, default=(96, 192), help="HEIGHTxWIDTH IAPC crop")
+    parser.add_argument("--crop", type=parse_size, default=(192, 96), help="WIDTHxHEIGHT IAPC crop")
     parser.add_argument("--train-images", type=int, default=96)
     parser.add_argument("--val-images", type=int, default=24)
     parser.add_argument("--source-images", type=int, default=300, help="labelled source training images")
@@ -218,7 +218,7 @@ def gpu_step_cost(args) -> dict[str, Any] | None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         source, memory, target = (m.cuda() for m in make_networks(build_model("deeplabv2_resnet101")))
-        cfg = AdaptConfig(preset="paper", crop=(256, 512), amp_dtype=dtype)
+        cfg = AdaptConfig(preset="paper", crop=(512, 256), amp_dtype=dtype)
         optimizer, state = make_optimizer(target, cfg), AdaptState.new(19, "cuda")
         generator = torch.Generator().manual_seed(0)
         for _ in range(3):  # warm-up: cuDNN autotuning, allocator

@@ -21,7 +21,7 @@ from iapc.adapt.method import AdaptConfig, AdaptState, adaptation_step, make_net
 from iapc.adapt.models import build_model
 from iapc.adapt.preprocessing import camera_to_rgb
 from iapc.runtime.config import HealthConfig
-from iapc.runtime.daemon import stochastic_restore
+from iapc.adapt.methods import stochastic_restore
 from iapc.runtime.health import check_health
 
 
@@ -35,7 +35,7 @@ def weight_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 def run(model: torch.nn.Module, frames: np.ndarray, holdout: np.ndarray, steps: int, p: float,
         report_every: int, seed: int) -> list[dict]:
-    cfg = AdaptConfig(preset="paper", lr=1e-3, warmup_iters=20, crop=(64, 128),
+    cfg = AdaptConfig(preset="paper", lr=1e-3, warmup_iters=20, crop=(128, 64),
                       schedule="constant", seed=seed)
     source, memory, target = make_networks(model)
     optimizer = make_optimizer(target, cfg)

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"one of {', '.join(BACKEND_CHOICES)} (default auto: TensorRT if present, "
                              "else ONNX Runtime)")
     parser.add_argument("--store", required=True, help="engine store folder (created if missing)")
-    parser.add_argument("--frame-size", default="1024x512", help="camera frame WIDTHxHEIGHT (default 1024x512)")
+    parser.add_argument("--frame-size", default=None,
+                        help="camera frame WIDTHxHEIGHT (default: the size the checkpoint was "
+                             "trained at, else 1024x512)")
     parser.add_argument("--confidence", action="store_true", help="also output a uint8 confidence map")
     parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
     parser.add_argument("--min-agreement", type=float, default=None,
@@ -65,8 +67,9 @@ def _build_engine(onnx_path: Path, work: Path, store_root: Path, fp16: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.checkpoint import input_size_for, load_model
     from iapc.errors import UserError
+    from iapc.export.manifest import engine_manifest
     from iapc.export.onnx_export import export_onnx
     from iapc.options import parse_size
     from iapc.export.parity import check_parity, default_min_agreement
@@ -74,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from iapc.export.store import EngineStore
 
     backend = resolve_backend(args.backend)
-    frame_size = parse_size(args.frame_size)
     _check_arguments(args)
-    frames = _parity_frames(args.frames, frame_size)
     model, meta = load_model(args.checkpoint, args.model)
+    frame_size = input_size_for(meta, parse_size(args.frame_size) if args.frame_size else None,
+                                "--frame-size")
+    frames = _parity_frames(args.frames, frame_size)
     model.eval()
     store = EngineStore(args.store, keep=args.keep)
     reduced_precision = backend == "tensorrt" and not args.fp32
@@ -103,15 +107,16 @@ def run(args: argparse.Namespace) -> int:
         if not report.passed:
             raise UserError(f"parity gate failed, nothing published: {report.message}; check the "
                             "checkpoint and export, or lower --min-agreement")
-        version = store.publish(onnx_path, engine_path, manifest_extra={
-            "model": meta["model"], "num_classes": meta["num_classes"], "config": meta["config"],
-            "step": meta["step"], "checkpoint": str(Path(args.checkpoint).resolve()),
-            "backend": backend, "frame_size": list(frame_size), "confidence": args.confidence,
-            "dynamic_batch": args.dynamic_batch, "precision": "fp16" if reduced_precision else "fp32",
-            "parity": {"agreement": report.agreement, "min_agreement": report.min_agreement,
-                       "frames": report.frames, "source": args.frames},
-            "health": {"latency_ms": round(report.runner_ms, 3), "export_s": round(export_s, 3),
-                       "ready_s": round(ready_s, 3)}})
+        version = store.publish(onnx_path, engine_path, manifest_extra=engine_manifest(
+            model=meta["model"], num_classes=meta["num_classes"], method=meta.get("method", "none"),
+            step=meta["step"], input_size=frame_size, config=meta["config"],
+            parity={"agreement": report.agreement, "min_agreement": report.min_agreement,
+                    "frames": report.frames, "source": args.frames},
+            health=None, backend=backend, precision="fp16" if reduced_precision else "fp32",
+            confidence=args.confidence, dynamic_batch=args.dynamic_batch,
+            timing={"latency_ms": round(report.runner_ms, 3), "export_s": round(export_s, 3),
+                    "ready_s": round(ready_s, 3)},
+            checkpoint=str(Path(args.checkpoint).resolve())))
     print(f"published {version.name} to {store.root}: {meta['model']} {frame_size[0]}x{frame_size[1]}, "
           f"backend {backend}, {report.message} on {report.frames} frames, "
           f"export {export_s:.2f} s, engine ready {ready_s:.2f} s, {report.runner_ms:.1f} ms/frame")

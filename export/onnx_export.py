@@ -62,7 +62,7 @@ class SegmentationGraph(nn.Module):
 
 
 def importance_uint8(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits -> uint8 (N, H, W) ``round(255 * (1 - q2/q1))`` (METHOD.md Eq. 4)."""
+    """(N, K, H, W) logits -> uint8 (N, H, W) ``round(255 * (1 - q2/q1))`` (the importance of docs/METHOD.md)."""
     top2 = logits.softmax(dim=1).topk(2, dim=1).values  # (N, 2, H, W), q1 >= q2
     importance = 1.0 - top2[:, 1] / top2[:, 0]  # (N, H, W) in [0, 1)
     return (importance * 255.0).round().clamp(0, 255).to(torch.uint8)

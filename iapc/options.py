@@ -6,6 +6,10 @@ import re
 
 from iapc.errors import UserError
 
+# Input (width, height) of a checkpoint that does not record the size it was trained at (the
+# released DeepLabV2 files: Cityscapes at 1024x512).
+DEFAULT_INPUT_SIZE = (1024, 512)
+
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
 

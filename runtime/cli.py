@@ -8,13 +8,18 @@ the CPU, and live figures in the terminal.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from iapc.errors import UserError, run_cli
-from iapc.runtime.config import (RuntimeConfig, default_cache_dir, load_yaml_config, parse_size)
+from iapc.method_config import AdaptConfig
+from iapc.runtime.config import (AdaptationConfig, RuntimeConfig, SourceConfig, default_cache_dir,
+                                 load_yaml_config)
+from iapc.options import DEFAULT_INPUT_SIZE
+from iapc.settings import add_flags, apply_flags
 
 SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
                 "cityscapes_sequence": "cityscapes", "synthetic": "synthetic"}
@@ -28,6 +33,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Source flags by hand (one of them picks the kind); every other option is derived from
+    the config classes' declarations (:mod:`iapc.settings`): one definition per setting."""
     p = OneLineParser(prog="iapc-runtime", description=__doc__.splitlines()[0])
     src = p.add_argument_group("frame source (one of)").add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="DEVICE", help="V4L2 camera, e.g. /dev/video0")
@@ -37,41 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a Cityscapes root or leftImg8bit_sequence folder, in order")
     src.add_argument("--synthetic", metavar="DOMAIN",
                      help="the generated driving stream of DOMAIN (default: fog)")
-    p.add_argument("--fps", type=float, help="pace file/synthetic sources at this rate (0: as fast as possible)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--loop", action="store_true", default=None, help="restart file sources at the end")
-    m = p.add_argument_group("model and engine")
-    m.add_argument("--model", help="architecture of the checkpoint (default: tiny)")
-    m.add_argument("--checkpoint", help="source checkpoint (default: the embedded synthetic one)")
-    m.add_argument("--num-classes", type=int)
-    m.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    m.add_argument("--input-size", type=parse_size, metavar="WxH", help="engine input, e.g. 1024x512")
-    m.add_argument("--store", help="engine store folder (default: RUN_DIR/store)")
-    m.add_argument("--run-dir", help="runtime state folder (default: ~/.cache/iapc/run)")
-    m.add_argument("--confidence", action="store_true", default=None, help="also publish confidence maps")
-    o = p.add_argument_group("publishing")
-    o.add_argument("--publish", metavar="ADDRESS", help="ZeroMQ PUB address (default tcp://127.0.0.1:5555)")
-    o.add_argument("--publish-hwm", type=int, metavar="N",
-                   help="masks queued per slow subscriber before its masks are dropped (default 8)")
-    o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
-    o.add_argument("--curve-keys", metavar="DIR",
-                   help="encrypt with CURVE and admit only the clients in DIR/authorized "
-                        "(make keys with 'iapc keys --out DIR'); needed for non-loopback addresses")
-    o.add_argument("--insecure", action="store_true", default=None,
-                   help="allow binding a non-loopback address without CURVE")
-    a = p.add_argument_group("adaptation")
+    add_flags(p, SourceConfig, "source__", "frame pacing")
+    add_flags(p, RuntimeConfig, "", "model, engine and publishing")
+    add_flags(p, AdaptConfig, "method__", "adaptation method (docs/METHOD.md)",
+              defaults=RuntimeConfig().method)
+    a = p.add_argument_group("adaptation daemon")
     a.add_argument("--no-adapt", dest="adapt", action="store_false", default=None,
                    help="serve the source engine only")
-    a.add_argument("--preset", choices=("paper", "released"))
-    a.add_argument("--export-every-steps", type=int, metavar="N")
-    a.add_argument("--export-every-seconds", type=float, metavar="T")
+    add_flags(a, AdaptationConfig, "adaptation__")
     p.add_argument("--config", metavar="FILE.yaml", help="config file; options given here override it")
     p.add_argument("--quiet", action="store_true", help="no live figures")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
-    """Defaults <- YAML config file <- command-line options actually given."""
+    """Defaults <- YAML config file <- command-line options actually given; ranges checked."""
     cfg = load_yaml_config(args.config) if args.config else RuntimeConfig()
     for flag, kind in SOURCE_FLAGS.items():
         value = getattr(args, flag)
@@ -79,20 +66,15 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
             cfg.source.kind, cfg.source.location = kind, value
             if kind == "camera":
                 cfg.source.fps = None  # a camera sets its own pace
-    if args.fps is not None:
-        cfg.source.fps = args.fps or None
-    for name in ("max_frames", "loop"):
-        if getattr(args, name) is not None:
-            setattr(cfg.source, name, getattr(args, name))
-    for name in ("model", "checkpoint", "num_classes", "backend", "input_size", "store", "run_dir",
-                 "confidence", "publish", "publish_hwm", "metrics_port", "curve_keys", "insecure"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
+    apply_flags(args, cfg)
+    apply_flags(args, cfg.source, "source__")
+    apply_flags(args, cfg.method, "method__")
+    apply_flags(args, cfg.adaptation, "adaptation__")
     if args.adapt is not None:
         cfg.adaptation.enabled = args.adapt
-    for name in ("preset", "export_every_steps", "export_every_seconds"):
-        if getattr(args, name) is not None:
-            setattr(cfg.adaptation, name, getattr(args, name))
+    cfg.check()
+    if cfg.source.fps == 0:
+        cfg.source.fps = None  # 0: as fast as possible
     return cfg
 
 
@@ -111,7 +93,9 @@ def check_config(cfg: RuntimeConfig) -> None:
                         "onnxruntime or tensorrt (the torch runner is for 'iapc export' checks)")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise UserError(f"checkpoint {cfg.checkpoint} does not exist: give the path of a .pth/.pt file")
-    source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed,
+    # the size only shapes frames here; the engine's is settled once the checkpoint is read
+    size = cfg.input_size or DEFAULT_INPUT_SIZE
+    source = make_source(cfg.source.kind, cfg.source.location, size, cfg.source.seed,
                          faults=cfg.source.faults)
     if cfg.source.kind in ("video", "camera"):
         source.open()
@@ -119,7 +103,13 @@ def check_config(cfg: RuntimeConfig) -> None:
 
 
 def embedded_checkpoint(cfg: RuntimeConfig) -> str:
-    """The cached synthetic source model, trained in a child process on first use."""
+    """The synthetic source model that ships with the package, else the cached one, trained in
+    a child process on first use."""
+    from iapc.shipped import shipped_checkpoint
+
+    shipped = shipped_checkpoint(cfg.model)
+    if shipped is not None:
+        return str(shipped)
     path = default_cache_dir() / "embedded" / f"source_{cfg.model}.pt"  # as iapc.adapt.embedded
     if not path.is_file():
         print(f"first use: training the embedded {cfg.model} source model on the synthetic source "
@@ -177,6 +167,46 @@ def format_heartbeat(status: dict) -> str:
     return " | ".join(parts)
 
 
+def checkpoint_facts(checkpoint: str, cfg: RuntimeConfig) -> dict:
+    """Model, classes and training size of ``checkpoint``, read by a child process (this one
+    stays free of torch); a file it cannot use ends the runtime here with the child's line."""
+    cmd = [sys.executable, "-m", "iapc.adapt.checkpoint", checkpoint, "--model", cfg.model,
+           "--num-classes", str(cfg.num_classes)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise UserError(lines[-1].removeprefix("iapc-runtime: error: "))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def resolve_input_size(cfg: RuntimeConfig, facts: dict) -> None:
+    """The engine runs at the checkpoint's training size unless ``--input-size`` says otherwise
+    (then one warning line when the two differ)."""
+    recorded = tuple(facts["input_size"]) if facts.get("input_size") else None
+    if cfg.input_size is None:
+        cfg.input_size = recorded or DEFAULT_INPUT_SIZE
+    elif recorded and tuple(cfg.input_size) != recorded:
+        print(f"iapc-runtime: warning: --input-size {cfg.input_size[0]}x{cfg.input_size[1]} differs "
+              f"from the {recorded[0]}x{recorded[1]} the checkpoint was trained at", file=sys.stderr)
+
+
+def check_store_fits(cfg: RuntimeConfig) -> None:
+    """A store whose engines take another input size would be refused frame after frame by the
+    inference loop: refuse it here, once, with what to do."""
+    from iapc.export.manifest import manifest_input_size
+    from iapc.export.store import EngineStore
+
+    store = cfg.resolved_store()
+    if not store.is_dir():
+        return
+    current = EngineStore(store).current()
+    size = manifest_input_size(current.manifest) if current is not None else None
+    if size is not None and tuple(size) != tuple(cfg.input_size):
+        raise UserError(f"engine store {store} serves {current.name} for {size[0]}x{size[1]} "
+                        f"input, the runtime runs at {cfg.input_size[0]}x{cfg.input_size[1]}: pass "
+                        f"--input-size {size[0]}x{size[1]}, or a new --store (or --run-dir)")
+
+
 def _main(argv: list[str] | None) -> int:
     from iapc.runtime.supervisor import Supervisor
 
@@ -185,6 +215,8 @@ def _main(argv: list[str] | None) -> int:
     cfg = config_from_args(args)
     check_config(cfg)
     checkpoint = cfg.checkpoint or embedded_checkpoint(cfg)
+    resolve_input_size(cfg, checkpoint_facts(checkpoint, cfg))
+    check_store_fits(cfg)
     live = None if args.quiet else LiveFigures(cfg.publish, cfg.curve_keys)
     try:
         return Supervisor(cfg, checkpoint, on_status=live).run()

@@ -1,19 +1,20 @@
-"""The runtime's configuration: one typed dataclass, read from YAML, overridden from the command
-line, saved beside every run. ``None`` means "use the default".
+"""The runtime's configuration: typed dataclasses (:mod:`iapc.settings`), read from YAML,
+overridden from the command line (flags derived from the same declarations), range-checked once,
+saved beside every run and in every engine manifest. ``None`` means "use the default". The
+method's settings are :class:`~iapc.method_config.AdaptConfig`, embedded as ``method``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
+from iapc.method_config import AdaptConfig
 from iapc.options import parse_size as _parse_size
+from iapc.settings import check, from_plain, setting, to_plain
 
 
 def default_cache_dir() -> Path:
@@ -23,146 +24,136 @@ def default_cache_dir() -> Path:
     return cache_dir()
 
 
+SOURCE_KINDS = ("camera", "video", "images", "cityscapes", "synthetic")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
 @dataclass
 class SourceConfig:
-    kind: str = "synthetic"  # camera | video | images | cityscapes | synthetic
-    location: str = "fog"  # device path, file, folder, or synthetic domain name
-    fps: float | None = 15.0  # pacing for file and synthetic sources; None = as fast as possible
-    loop: bool = False  # restart file sources at the end
-    max_frames: int | None = None  # stop after this many frames (tests, benchmarks)
-    seed: int = 0
-    retry_max_s: float = 5.0  # a lost camera is reopened with backoff doubling up to this
+    kind: str = setting("synthetic", "kind of frame source", choices=SOURCE_KINDS, cli=False)
+    location: str = setting("fog", "device path, file, folder, or synthetic domain name", cli=False)
+    fps: float | None = setting(15.0, "pace file and synthetic sources at this rate (0 or None: as "
+                                "fast as possible)", minimum=0, flag="--fps")
+    loop: bool = setting(False, "restart file sources at the end")
+    max_frames: int | None = setting(None, "stop after this many frames", minimum=1)
+    seed: int = setting(0, "seed of the synthetic stream", minimum=0, cli=False)
+    retry_max_s: float = setting(5.0, "a lost camera is reopened with backoff doubling up to this",
+                                 above=0, cli=False)
     # Synthetic source only: injected faults for tests and soak runs, e.g.
     # "bad=0.01,outage=0.002,outage_s=0.5" (see iapc.runtime.sources.FaultSchedule).
-    faults: str | None = None
+    faults: str | None = setting(None, "injected faults of the synthetic source", cli=False)
 
 
 @dataclass
 class AdaptationConfig:
-    enabled: bool = True
-    preset: str = "paper"
-    batch_size: int = 2
-    buffer_size: int = 64  # recent frames kept by the daemon
-    crop: tuple[int, int] = (128, 256)  # (height, width) of IAPC crops
-    lr: float = 3e-4  # best of a 3e-4..1e-2 sweep for the tiny model (docs/BENCHMARKS.md)
-    warmup_iters: int = 20
-    ema_alpha: float = 0.999
-    export_every_steps: int = 50
-    export_every_seconds: float | None = None
-    sample_every: int = 2  # offer every k-th frame to the daemon
-    threads: int = 1  # torch threads in the daemon: it must not starve inference
-    nice: int = 10  # CPU priority of the daemon relative to the loop
-    device: str = "auto"  # where the daemon adapts: "auto" (CUDA when present), "cpu", "cuda"
-    amp_dtype: str | None = None  # "bf16" / "fp16" autocast for the adaptation forwards (GPU)
+    """How the daemon runs whichever method ``RuntimeConfig.method`` names."""
+
+    enabled: bool = setting(True, "adapt on the stream (False: serve the source engine)", cli=False)
+    batch_size: int = setting(2, "frames per adaptation step", minimum=1, cli=False)
+    buffer_size: int = setting(64, "recent frames kept by the daemon", minimum=1, cli=False)
+    export_every_steps: int = setting(50, "export a candidate engine every N steps", minimum=1)
+    export_every_seconds: float | None = setting(None, "also export every T seconds", above=0)
+    sample_every: int = setting(2, "offer every k-th frame to the daemon", minimum=1, cli=False)
+    threads: int = setting(1, "torch threads in the daemon: it must not starve inference",
+                           minimum=1, cli=False)
+    nice: int = setting(10, "CPU priority of the daemon relative to the loop", minimum=0,
+                        maximum=19, cli=False)
+    device: str = setting("auto", "where the daemon adapts: auto (CUDA when present), cpu, cuda",
+                          flag="--adapt-device")
     # Fraction of wall time the daemon may spend computing (0 < d <= 1): after a step of t
     # seconds it idles t * (1 - d) / d, leaving a shared GPU (or CPU) to the inference loop.
     # 0.5 kept the loop's p99 latency within 1.25x of no adaptation on 2 CPU cores (1.0: 1.38x).
-    duty_cycle: float = 0.5
-    min_agreement: float = 0.995  # parity gate
-    holdout_every: int = 4  # every k-th received frame goes to the health gate, not to training
-    # CoTTA-style stochastic restore: after each step, each weight element returns to its source
-    # value with this probability (0: off). Counters slow drift on very long streams.
-    restore_probability: float = 0.0
-    heartbeat_every: float = 1.0  # seconds between the daemon's heartbeats to the supervisor
-    seed: int = 0
+    duty_cycle: float = setting(0.5, "fraction of wall time the daemon may compute", above=0,
+                                maximum=1)
+    min_agreement: float = setting(0.995, "parity gate: pixel agreement engine vs PyTorch",
+                                   minimum=0, maximum=1, cli=False)
+    holdout_every: int = setting(4, "every k-th received frame goes to the health gate, not to "
+                                 "training (0: none)", minimum=0, cli=False)
+    heartbeat_every: float = setting(1.0, "seconds between the daemon's heartbeats", above=0,
+                                     cli=False)
 
 
 @dataclass
 class HealthConfig:
     """The health gate run before every deployment (see docs/RELIABILITY.md)."""
 
-    enabled: bool = True
-    holdout_size: int = 16  # recent frames kept out of training to judge candidates on
-    max_class_share: float = 0.9  # collapse: one class takes more of the pixels than this...
-    collapse_margin: float = 0.2  # ...and this much more than under the source model
-    max_js_vs_serving: float = 0.35  # JS divergence (nats, max ln 2) of class histograms
-    max_js_vs_source: float = 0.6
-    max_entropy_rise: float = 0.3  # mean normalised entropy may rise this much over serving
-    min_memory_agreement: float = 0.3  # pixels where candidate and memory network agree
+    enabled: bool = setting(True, "run the health gate before deploying", cli=False)
+    holdout_size: int = setting(16, "recent frames kept out of training to judge candidates on",
+                                minimum=1, cli=False)
+    max_class_share: float = setting(0.9, "collapse: one class takes more of the pixels than "
+                                     "this...", minimum=0, maximum=1, cli=False)
+    collapse_margin: float = setting(0.2, "...and this much more than under the source model",
+                                     minimum=0, maximum=1, cli=False)
+    max_js_vs_serving: float = setting(0.35, "JS divergence (nats, max ln 2) of class histograms",
+                                       minimum=0, cli=False)
+    max_js_vs_source: float = setting(0.6, "the same against the source model", minimum=0, cli=False)
+    max_entropy_rise: float = setting(0.3, "mean normalised entropy may rise this much over "
+                                      "serving", minimum=0, cli=False)
+    min_memory_agreement: float = setting(0.3, "pixels where candidate and memory network agree",
+                                          minimum=0, maximum=1, cli=False)
+
+
+def streaming_method() -> AdaptConfig:
+    """The runtime's method: IAPC with the streaming preset (its own lr, warm-up, EMA)."""
+    return AdaptConfig(method="iapc", preset="stream")
 
 
 @dataclass
 class RuntimeConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
+    method: AdaptConfig = field(default_factory=streaming_method)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
-    model: str = "tiny"
-    checkpoint: str | None = None  # None: the embedded synthetic source model (trained on first use)
-    num_classes: int = 19
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
-    input_size: tuple[int, int] = (256, 128)  # (width, height) the engine runs at
-    publish: str = "tcp://127.0.0.1:5555"
+    model: str = setting("tiny", "architecture of the checkpoint")
+    checkpoint: str | None = setting(None, "source checkpoint (default: the embedded synthetic one)")
+    num_classes: int = setting(19, "classes of the model", minimum=1, maximum=255)
+    backend: str = setting("auto", "engine backend", choices=BACKENDS)
+    # None: the size the checkpoint was trained at (recorded in it), else 1024x512.
+    input_size: tuple[int, int] | None = setting(None, "engine input WIDTHxHEIGHT (default: the "
+                                                 "checkpoint's training size)", minimum=32)
+    publish: str = setting("tcp://127.0.0.1:5555", "ZeroMQ PUB address")
     # Messages ZeroMQ queues per subscriber before it drops that subscriber's masks: small, so a
     # stalled client never holds memory; replays that must see every mask raise it.
-    publish_hwm: int = 8
-    metrics_port: int | None = None
-    store: str | None = None  # engine store folder; None: <run_dir>/store
-    run_dir: str | None = None  # state of this runtime (store, adaptation checkpoint, logs)
-    keep_versions: int = 5
-    inference_threads: int = 1
-    curve_keys: str | None = None
-    insecure: bool = False
-    confidence: bool = False
-    status_every: float = 1.0  # seconds between status heartbeats
-    daemon_timeout: float = 120.0  # no daemon heartbeat for this long: kill and restart it
-    daemon_start_timeout: float = 300.0  # the same before its first heartbeat (loading a model)
+    publish_hwm: int = setting(8, "masks queued per slow subscriber before its masks are dropped",
+                               minimum=1)
+    metrics_port: int | None = setting(None, "serve Prometheus metrics on 127.0.0.1:PORT",
+                                       minimum=1, maximum=65535)
+    store: str | None = setting(None, "engine store folder (default: RUN_DIR/store)")
+    run_dir: str | None = setting(None, "runtime state folder (default: ~/.cache/iapc/run)")
+    keep_versions: int = setting(5, "engine versions kept in the store", minimum=1, cli=False)
+    inference_threads: int = setting(1, "ONNX Runtime intra-op threads", minimum=1, cli=False)
+    curve_keys: str | None = setting(None, "encrypt with CURVE and admit only the clients in "
+                                     "DIR/authorized (make keys with 'iapc keys --out DIR'); "
+                                     "needed for non-loopback addresses")
+    insecure: bool = setting(False, "allow binding a non-loopback address without CURVE")
+    confidence: bool = setting(False, "also publish confidence maps")
+    status_every: float = setting(1.0, "seconds between status heartbeats", above=0, cli=False)
+    daemon_timeout: float = setting(120.0, "no daemon heartbeat for this long: kill and restart "
+                                    "it", above=0, cli=False)
+    daemon_start_timeout: float = setting(300.0, "the same before its first heartbeat (loading a "
+                                          "model)", above=0, cli=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**to_plain(self), "method": self.method.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RuntimeConfig":
-        return _from_dict(cls, data, "config")
+        data = dict(data)
+        method = data.pop("method", None)
+        cfg = from_plain(cls, data, "config")
+        if method is not None:
+            cfg.method = AdaptConfig.from_dict(method) if isinstance(method, dict) else \
+                from_plain(AdaptConfig, method, "config.method")
+        return cfg
+
+    def check(self) -> None:
+        check(self, "config")
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else default_cache_dir() / "run"
 
     def resolved_store(self) -> Path:
         return Path(self.store) if self.store else self.resolved_run_dir() / "store"
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the field's type (lists become tuples); UserError if it cannot be."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
-            items = typing.get_args(option)
-            if len(value) == len(items) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                for v in value):
-                return tuple(value)
-    wanted = " or ".join(f"a list of {len(typing.get_args(o))} integers"
-                         if typing.get_origin(o) is tuple else getattr(o, "__name__", str(o))
-                         for o in options)
-    raise UserError(f"{where} must be {wanted}, got {value!r}: fix it in the config file")
-
-
-def _from_dict(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping of option: value, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserError(f"unknown option {where}.{unknown[0]}: known options are "
-                        f"{', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            values[name] = _from_dict(type(default), value, f"{where}.{name}")
-        else:
-            values[name] = _check_type(value, hints[name], f"{where}.{name}")
-    return cls(**values)
 
 
 def load_yaml_config(path: str | os.PathLike) -> RuntimeConfig:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import errno
 import json
 import logging
@@ -38,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iapc.adapt.checkpoint import load_model
-from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, make_networks,
-                               make_optimizer)
+from iapc.adapt.checkpoint import load_model, read_checkpoint_file, save_checkpoint
+from iapc.adapt.method import AdaptConfig
+from iapc.adapt.methods import deployed, make_adapter
 from iapc.adapt.preprocessing import camera_to_rgb
 from iapc.errors import UserError, run_cli
+from iapc.export.manifest import engine_manifest
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import check_parity
 from iapc.export.runners import make_runner
@@ -58,14 +60,13 @@ HEARTBEAT_FILE = "daemon.heartbeat"
 EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
 
 
-def method_config(cfg: RuntimeConfig) -> AdaptConfig:
-    """The streaming IAPC settings: constant lr after warm-up, EMA and crop from the config."""
-    a = cfg.adaptation
+def method_config(cfg: RuntimeConfig, device: torch.device) -> AdaptConfig:
+    """The configured method, its crop fitted to the engine's frames and autocast only on CUDA."""
     width, height = cfg.input_size
-    crop = (min(a.crop[0], height), min(a.crop[1], width))  # frames arrive at the engine's size
-    return AdaptConfig(preset=a.preset, lr=a.lr, warmup_iters=a.warmup_iters,
-                       ema_alpha=a.ema_alpha, crop=crop, schedule="constant", seed=a.seed,
-                       amp_dtype=a.amp_dtype if adaptation_device(cfg).type == "cuda" else None)
+    method = cfg.method.fitted_to(width, height)  # frames arrive at the engine's size
+    if device.type != "cuda" and method.amp_dtype is not None:
+        method = dataclasses.replace(method, amp_dtype=None)
+    return method.resolved()
 
 
 def adaptation_device(cfg: RuntimeConfig) -> torch.device:
@@ -77,14 +78,8 @@ def adaptation_device(cfg: RuntimeConfig) -> torch.device:
     return torch.device(name)
 
 
-def stochastic_restore(target: torch.nn.Module, source: torch.nn.Module, probability: float,
-                       generator: torch.Generator) -> None:
-    """CoTTA's stochastic restore: each weight element of ``target`` returns to its ``source``
-    value with ``probability`` (BN statistics are left alone: they track the target domain)."""
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            restore = torch.rand(t.shape, generator=generator, device=t.device) < probability
-            t.copy_(torch.where(restore, s, t))
+def parity_agreement(manifest: dict) -> float | None:
+    return (manifest.get("parity") or {}).get("agreement")
 
 
 def lower_priority(nice: int, threads: int) -> None:
@@ -98,76 +93,75 @@ def lower_priority(nice: int, threads: int) -> None:
 class AdaptationDaemon:
     def __init__(self, cfg: RuntimeConfig, checkpoint: str):
         self.cfg = cfg
-        self.method = method_config(cfg)
         self.run_dir = cfg.resolved_run_dir()
         self.state_path = self.run_dir / "adaptation.pt"
         self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
         model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
         self.device = adaptation_device(cfg)
-        self.source, self.memory, self.target = make_networks(model.to(self.device))
+        self.method = method_config(cfg, self.device)
+        self.adapter = make_adapter(self.method.method, model.to(self.device), self.method)
         # On a GPU the daemon's kernels go to a stream of the lowest priority (0), so the
         # inference engine's work (on a higher-priority stream) is scheduled first.
         self.stream = (torch.cuda.Stream(device=self.device, priority=0)
                        if self.device.type == "cuda" else None)
-        self.optimizer = make_optimizer(self.target, self.method)
-        self.state = AdaptState.new(model.num_classes)
-        self.generator = torch.Generator().manual_seed(cfg.adaptation.seed)
         self.buffer: deque[np.ndarray] = deque(maxlen=cfg.adaptation.buffer_size)
         # frames never trained on, for the health gate
         self.holdout: deque[np.ndarray] = deque(maxlen=cfg.health.holdout_size)
         self.received = 0
         # the weights of the engine in service (one more model copy in memory)
-        self.serving = copy.deepcopy(self.target).eval()
+        self.serving = copy.deepcopy(self.adapter.deployable()).eval()
         self.heartbeat_path = self.run_dir / HEARTBEAT_FILE
         self.last_heartbeat = 0.0
-        self.rng = np.random.default_rng(cfg.adaptation.seed)
+        self.rng = np.random.default_rng(self.method.seed)
         self.deployed_step = 0
         self.last_export = time.monotonic()
         self.stopping = False
         self.losses: dict = {}
 
+    @property
+    def step_count(self) -> int:
+        return self.adapter.step_count
+
     # persistence -------------------------------------------------------------------------------
     def save_state(self, version: int) -> None:
-        payload = {"target": self.target.state_dict(), "memory": self.memory.state_dict(),
-                   "optimizer": self.optimizer.state_dict(), "adapt_state": self.state.state_dict(),
-                   "version": int(version), "config": self.method.to_dict()}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.state_path)
-        self.deployed_step = self.state.step
-        self.serving.load_state_dict(self.target.state_dict())
+        """The adaptation state as an ordinary checkpoint of the deployed network (read by
+        ``iapc evaluate``, ``iapc export`` and ``iapc adapt --resume``), plus the method's state."""
+        save_checkpoint(self.state_path, self.cfg.model, self.adapter.deployable(),
+                        {"adapt": self.method.to_dict(), "runtime": self.cfg.to_dict()},
+                        step=self.step_count, input_size=list(self.cfg.input_size),
+                        method=self.method.method, version=int(version),
+                        **self.adapter.state_dict())
+        self.deployed_step = self.step_count
+        self.serving.load_state_dict(self.adapter.deployable().state_dict())
 
     def resume(self) -> bool:
         """Load the last deployed adaptation state, if any; False when starting fresh."""
         if not self.state_path.is_file():
             return False
         try:
-            payload = torch.load(self.state_path, map_location="cpu", weights_only=True)
-            self.target.load_state_dict(payload["target"])
-            self.memory.load_state_dict(payload["memory"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.state.load_state_dict(payload["adapt_state"])
-        except Exception as err:  # a damaged state file: start again from the source model
+            payload = read_checkpoint_file(self.state_path)
+            if payload.get("method", "iapc") != self.method.method:
+                raise UserError(f"it was made by --method {payload.get('method')}")
+            self.adapter.deployable().load_state_dict(payload["state_dict"])
+            self.adapter.load_state_dict(payload)
+        except Exception as err:  # a damaged or foreign state file: start from the source model
             log.error("cannot resume from %s (%s): starting from the source model",
                       self.state_path, err)
+            self.adapter.reset()
             return False
-        self.deployed_step = self.state.step
-        self.serving.load_state_dict(self.target.state_dict())
-        log.info("resumed adaptation at step %d (engine v%s)", self.state.step, payload["version"])
+        self.deployed_step = self.step_count
+        self.serving.load_state_dict(self.adapter.deployable().state_dict())
+        log.info("resumed adaptation at step %d (engine v%s)", self.step_count, payload.get("version"))
         return True
 
     def rollback(self, reason: str) -> None:
         """Back to the last deployed state (or the source model if none was saved); tell why."""
-        step = self.state.step
+        step = self.step_count
         if not self.resume():
-            self.target.load_state_dict(self.source.state_dict())
-            self.memory.load_state_dict(self.source.state_dict())
-            self.optimizer = make_optimizer(self.target, self.method)
-            self.state = AdaptState.new(self.target.num_classes)
+            self.adapter.reset()
             self.deployed_step = 0
-        self.target.train()
-        log.warning("rolled back from step %d to step %d: %s", step, self.state.step, reason)
-        self.events.send({"type": "rollback", "step": step, "to_step": self.state.step,
+        log.warning("rolled back from step %d to step %d: %s", step, self.step_count, reason)
+        self.events.send({"type": "rollback", "step": step, "to_step": self.step_count,
                           "reason": reason})
 
     def beat(self, force: bool = False) -> None:
@@ -201,75 +195,78 @@ class AdaptationDaemon:
         return np.stack(list(self.holdout)) if self.holdout else None
 
     def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
-        log.warning("%s gate rejected step %d: %s", gate, self.state.step, reason)
-        self.events.send({"type": "rejected", "gate": gate, "step": self.state.step,
+        log.warning("%s gate rejected step %d: %s", gate, self.step_count, reason)
+        self.events.send({"type": "rejected", "gate": gate, "step": self.step_count,
                           "reason": reason, **({"health": figures} if figures else {})})
         self.rollback(f"{gate} gate: {reason}")
 
     def export_version(self) -> int | None:
-        """Export the target, check parity and health, publish to the store; the new version or
-        None (rejected, rolled back; or the export failed and is retried later)."""
+        """Export the deployable network, check parity and health, publish to the store; the
+        new version or None (rejected, rolled back; or the export failed and is retried later)."""
         started = time.perf_counter()
-        self.target.eval()  # export the running BN statistics, not batch statistics
         try:
-            with tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.run_dir) as tmp:
-                version, health = self._export_checked(Path(tmp))
+            # eval mode: export the running BN statistics, not batch statistics
+            with deployed(self.adapter.deployable()) as network, \
+                    tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.run_dir) as tmp:
+                version, health = self._export_checked(network, Path(tmp))
         except OSError as err:  # disk full, read-only store: keep the engine in service
             reason = (f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}")
             log.error("export at step %d failed, keeping the engine in service: %s",
-                      self.state.step, reason)
-            self.events.send({"type": "export_failed", "step": self.state.step, "reason": reason})
+                      self.step_count, reason)
+            self.events.send({"type": "export_failed", "step": self.step_count, "reason": reason})
             return None
-        finally:
-            self.target.train()
         if version is None:
             return None
         self.save_state(version.number)
         seconds = time.perf_counter() - started
-        self.events.send({"type": "version", "version": version.number, "step": self.state.step,
-                          "parity": version.manifest.get("parity"), "health": health,
+        self.events.send({"type": "version", "version": version.number, "step": self.step_count,
+                          "parity": parity_agreement(version.manifest), "health": health,
                           "export_s": round(seconds, 3)})
-        log.info("published engine %s at step %d (%.2f s)", version.name, self.state.step, seconds)
+        log.info("published engine %s at step %d (%.2f s)", version.name, self.step_count, seconds)
         return version.number
 
-    def _export_checked(self, tmp: Path):
+    def _export_checked(self, network: torch.nn.Module, tmp: Path):
         """(published Version, health figures), or (None, None) when a gate rejects."""
-        onnx_path = export_onnx(self.target, tmp / "model.onnx", frame_size=self.cfg.input_size,
+        onnx_path = export_onnx(network, tmp / "model.onnx", frame_size=self.cfg.input_size,
                                 confidence=self.cfg.confidence)
         self.beat()
         runner = make_runner("onnxruntime", onnx_path=onnx_path, threads=1)
         with runner:
-            parity = check_parity(runner, self.target, self.parity_frames(),
+            parity = check_parity(runner, network, self.parity_frames(),
                                   self.cfg.adaptation.min_agreement)
         if not parity.passed:
             self.reject("parity", parity.message)
             return None, None
         self.beat()
-        health = self._health_figures()
+        health = self._health_figures(network)
         if health is not None and not health.passed:
             self.reject("health", health.message, health.figures)
             return None, None
         self.beat()
         figures = health.figures if health is not None else None
-        version = self.store.publish(onnx_path, manifest_extra={
-            "model": self.cfg.model, "step": self.state.step, "parity": parity.agreement,
-            "health": figures, "losses": self.losses, "config": self.cfg.to_dict()})
+        version = self.store.publish(onnx_path, manifest_extra=engine_manifest(
+            model=self.cfg.model, num_classes=self.cfg.num_classes, method=self.method.method,
+            step=self.step_count, input_size=self.cfg.input_size, config=self.cfg.to_dict(),
+            parity={"agreement": parity.agreement, "min_agreement": parity.min_agreement,
+                    "frames": parity.frames, "source": "stream"},
+            health=figures, confidence=self.cfg.confidence, losses=self.losses))
         return version, figures
 
-    def _health_figures(self):
-        """The health report of the target, or None when the gate is off or has no frames."""
+    def _health_figures(self, network: torch.nn.Module):
+        """The health report of the candidate, or None when the gate is off or has no frames."""
         frames = self.health_frames()
-        if not self.cfg.health.enabled or frames is None or self.state.step == 0:
+        if not self.cfg.health.enabled or frames is None or self.step_count == 0:
             return None  # step 0 is the source model itself: nothing to compare
-        return check_health(self.target, self.serving, self.source, self.memory, frames,
-                            self.cfg.health)
+        with deployed(self.adapter.memory_network()) as memory:
+            return check_health(network, self.serving, self.adapter.source, memory, frames,
+                                self.cfg.health)
 
     def export_due(self) -> bool:
         a = self.cfg.adaptation
-        by_steps = self.state.step - self.deployed_step >= a.export_every_steps
+        by_steps = self.step_count - self.deployed_step >= a.export_every_steps
         by_time = (a.export_every_seconds is not None
                    and time.monotonic() - self.last_export >= a.export_every_seconds
-                   and self.state.step > self.deployed_step)
+                   and self.step_count > self.deployed_step)
         return by_steps or by_time
 
     # adaptation --------------------------------------------------------------------------------
@@ -283,19 +280,14 @@ class AdaptationDaemon:
     def step(self) -> None:
         started = time.perf_counter()
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            losses = adaptation_step(self.source, self.memory, self.target, self.sample_batch(),
-                                     self.optimizer, self.state, self.method,
-                                     generator=self.generator)
+            losses = self.adapter.step(self.sample_batch())
         self.yield_duty_cycle(time.perf_counter() - started)
-        if losses.get("skipped"):
+        if self.adapter.skipped(losses):
             self.rollback("non-finite loss")
             return
-        if self.cfg.adaptation.restore_probability > 0:
-            stochastic_restore(self.target, self.source, self.cfg.adaptation.restore_probability,
-                               self.generator)
         self.losses = {k: round(float(v), 5) for k, v in losses.items() if k != "skipped"}
-        if self.state.step % 5 == 0:
-            self.events.send({"type": "stats", "step": self.state.step, "new_steps": 5,
+        if self.step_count % 5 == 0:
+            self.events.send({"type": "stats", "step": self.step_count, "new_steps": 5,
                               "buffer": len(self.buffer), **self.losses})
 
     def yield_duty_cycle(self, busy_seconds: float) -> None:
@@ -328,13 +320,14 @@ class AdaptationDaemon:
             if self.store.current() is None:
                 self.export_version()  # the first engine: the source weights
             elif not resumed:
-                self.deployed_step = self.state.step
+                self.deployed_step = self.step_count
             while not self.stopping:
                 self.beat()
                 wait_ms = 0 if len(self.buffer) >= self.cfg.adaptation.batch_size else 100
                 for _meta, image in frames.receive_all(wait_ms):
                     self.keep(image)
-                if not self.cfg.adaptation.enabled or len(self.buffer) < self.cfg.adaptation.batch_size:
+                if (not self.cfg.adaptation.enabled or not self.adapter.updates_weights
+                        or len(self.buffer) < self.cfg.adaptation.batch_size):
                     continue
                 self.step()
                 if self.export_due():

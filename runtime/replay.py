@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iapc.errors import UserError
+from iapc.method_config import METHOD_NAMES
 
 RECORDED_FPS = 17.0  # Cityscapes capture rate
 RUN_NAMES = {True: "adapted", False: "source_only"}
@@ -55,6 +56,7 @@ class ReplayConfig:
     classes: str = "19"  # "16"/"13" for SYNTHIA-trained models
     runtime_config: str | None = None  # YAML handed to iapc-runtime --config
     export_every_steps: int | None = None
+    method: str | None = None  # iapc-runtime --method of the adapted run (None: its default)
     baseline: bool = True  # also replay the same frames with --no-adapt
     out: Path = Path("replay")
     save_masks: bool = False  # write the masks of annotated frames (train ids) under OUT/masks
@@ -195,6 +197,8 @@ def runtime_arguments(cfg: ReplayConfig, plan: ReplayPlan, run_dir: Path, addres
         args += ["--input-size", f"{cfg.input_size[0]}x{cfg.input_size[1]}"]
     if cfg.export_every_steps is not None:
         args += ["--export-every-steps", str(cfg.export_every_steps)]
+    if cfg.method is not None and adapt:
+        args += ["--method", cfg.method]
     if not adapt:
         args.append("--no-adapt")
     return args
@@ -434,6 +438,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="iapc-runtime config file (adaptation settings, backend, ...)")
     parser.add_argument("--export-every-steps", type=int, metavar="N",
                         help="adaptation steps between engine exports")
+    parser.add_argument("--method", choices=METHOD_NAMES, default=None,
+                        help="adaptation method of the adapted run (default: the runtime's, iapc)")
     parser.add_argument("--out", type=Path, default=Path("replay"),
                         help="report folder (default ./replay)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -454,7 +460,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
                         rate=None if args.fast else args.rate, checkpoint=args.checkpoint,
                         model=args.model, input_size=args.input_size, classes=args.classes,
                         runtime_config=args.runtime_config,
-                        export_every_steps=args.export_every_steps, baseline=args.baseline,
+                        export_every_steps=args.export_every_steps, method=args.method,
+                        baseline=args.baseline,
                         out=args.out, save_masks=args.save_masks, progress=args.progress)
 
 

@@ -1,4 +1,4 @@
-"""An independent, loop-based transcription of the IAPC loss computation (``METHOD.md``).
+"""An independent, loop-based transcription of the IAPC loss computation (``docs/METHOD.md``).
 
 Written the way the released training code reads: per image and per class loops, explicit
 bilinear (align_corners=True) and nearest resampling built from index arithmetic, the logit

@@ -35,10 +35,10 @@ def tiny():
 # ---- config ----------------------------------------------------------------------------------
 
 def test_config_round_trip_and_errors():
-    cfg = AdaptConfig(preset="released", crop=(64, 128), schedule="constant")
+    cfg = AdaptConfig(preset="released", crop=(128, 64), schedule="constant")
     values = cfg.to_dict()
-    assert values["crop"] == [64, 128]
-    assert AdaptConfig.from_dict(values) == cfg
+    assert values["crop"] == [128, 64]
+    assert AdaptConfig.from_dict(values) == cfg.resolved()  # saved with the preset's values filled in
     with pytest.raises(UserError, match="unknown adaptation option"):
         AdaptConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(UserError, match="schedule"):
@@ -187,7 +187,7 @@ def test_rescale_crop_pads_small_images():
 # ---- the adaptation step ---------------------------------------------------------------------
 
 def _setup(tiny, **overrides):
-    cfg = AdaptConfig(crop=(64, 128), warmup_iters=2, max_iters=50, lr=1e-3, **overrides)
+    cfg = AdaptConfig(crop=(128, 64), warmup_iters=2, max_iters=50, lr=1e-3, **overrides)
     source, memory, target = make_networks(tiny)
     return cfg, source, memory, target, make_optimizer(target, cfg), AdaptState.new(tiny.num_classes)
 

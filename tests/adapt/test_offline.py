@@ -20,7 +20,7 @@ from iapc.adapt.synth import write_domain
 from iapc.errors import UserError
 
 SIZE = (96, 48)  # (W, H)
-CROP = (32, 64)  # (H, W)
+CROP = (64, 32)  # (W, H)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
     from iapc.cli import _main as cli_main
 
     argv = ["demo", "--cache", str(tmp_path), "--target", "fog", "--size", "64x32",
-            "--crop", "24x48", "--train-images", "4", "--val-images", "2", "--source-iters", "3",
+            "--crop", "48x24", "--train-images", "4", "--val-images", "2", "--source-iters", "3",
             "--adapt-iters", "2", "--device", "cpu", "--json", str(tmp_path / "demo.json")]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out

@@ -36,8 +36,8 @@ def test_export_publishes_a_verified_version(tmp_path, checkpoint, capsys):
     manifest = version.manifest
     assert manifest["model"] == "tiny" and manifest["step"] == 42 and manifest["config"] == {"lr": 0.01}
     assert manifest["parity"]["agreement"] == 1.0 and manifest["parity"]["source"] == "synthetic"
-    assert manifest["frame_size"] == [128, 64] and manifest["confidence"] is True
-    assert manifest["health"]["latency_ms"] > 0
+    assert manifest["input_size"] == [128, 64] and manifest["confidence"] is True
+    assert manifest["timing"]["latency_ms"] > 0 and manifest["health"] is None
     metadata = json.loads(__import__("onnx").load(str(version.onnx_path)).metadata_props[0].value)
     assert metadata["output_names"] == ["mask", "confidence"]
 

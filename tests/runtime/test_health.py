@@ -162,7 +162,7 @@ def test_a_rejected_candidate_is_not_deployed_and_the_state_rolls_back(daemon):
     d.step()
     deployed = {k: v.clone() for k, v in d.serving.state_dict().items()}
     with torch.no_grad():
-        d.target.classifier[0].bias[7] = 1e3  # the adapted model collapses to class 7
+        d.adapter.target.classifier[0].bias[7] = 1e3  # the adapted model collapses to class 7
     assert d.export_version() is None
     sent = events.all()
     rejected = next(e for e in sent if e["type"] == "rejected")
@@ -171,10 +171,10 @@ def test_a_rejected_candidate_is_not_deployed_and_the_state_rolls_back(daemon):
     rollback = next(e for e in sent if e["type"] == "rollback")
     assert rollback["step"] == 1 and rollback["to_step"] == 0
     assert EngineStore(d.store.root).current().number == 1  # nothing deployed
-    for key, value in d.target.state_dict().items():  # back to the deployed weights
+    for key, value in d.adapter.target.state_dict().items():  # back to the deployed weights
         assert torch.equal(value, deployed[key]), key
     d.step()  # and it carries on adapting
-    assert d.state.step == 1
+    assert d.step_count == 1
 
 
 def test_a_healthy_candidate_is_deployed_with_its_figures_in_the_manifest(daemon):
@@ -190,15 +190,15 @@ def test_a_healthy_candidate_is_deployed_with_its_figures_in_the_manifest(daemon
 def test_a_non_finite_loss_rolls_back(daemon):
     d, events = daemon
     with torch.no_grad():
-        d.target.backbone[0][0].weight.fill_(float("nan"))
+        d.adapter.target.backbone[0][0].weight.fill_(float("nan"))
     d.step()
     rollback = next(e for e in events.all() if e["type"] == "rollback")
     assert rollback["reason"] == "non-finite loss"
-    assert not non_finite_tensors(d.target) and d.state.step == 0
+    assert not non_finite_tensors(d.adapter.target) and d.step_count == 0
 
 
 def test_stochastic_restore_returns_weights_toward_the_source():
-    from iapc.runtime.daemon import stochastic_restore
+    from iapc.adapt.methods import stochastic_restore
 
     source, target = diverse_model(0), diverse_model(1)
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,252 @@
+"""Test-time adaptation methods behind one small interface, selected by name (``--method``).
+
+Every method is an :class:`Adapter` built from a source model and an
+:class:`~iapc.adapt.method.AdaptConfig`:
+
+- ``step(batch)`` adapts on one uint8 (N, 3, H, W) RGB batch and returns telemetry (floats);
+- ``deployable()`` is the network to evaluate or export (the caller puts it in eval mode with
+  :func:`deployed`);
+- ``state_dict()`` / ``load_state_dict()`` carry everything a resumed run needs; the deployable
+  network's weights go into the checkpoint's ``state_dict`` beside it, so ``iapc evaluate`` and
+  ``iapc export`` read any method's checkpoint;
+- ``reset()`` returns to the source model.
+
+Methods (:data:`METHODS`):
+
+- ``none``: the source model, never changed;
+- ``bn``: BatchNorm statistics re-estimated on target frames (running average with
+  ``cfg.bn_momentum``, or a plain average of every frame seen when it is None), nothing else;
+- ``tent``: entropy minimisation of the BatchNorm affine parameters (Adam, ``cfg.tent_lr``),
+  normalising with batch statistics while adapting; the engine is deployed with the running
+  statistics those batches left, since an engine segments frames one at a time;
+- ``iapc``: IAPC with the config's preset (``paper``, ``released``, ``stream``).
+
+Memory: ``none`` and ``bn`` hold one model copy, ``tent`` one plus Adam's two moments of the
+BN affine parameters, ``iapc`` three (source, memory, target) plus SGD momentum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from iapc.adapt.baselines import collect_tent_params, softmax_entropy
+from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, make_networks,
+                               make_optimizer, update_bn_statistics)
+from iapc.adapt.preprocessing import normalize
+from iapc.errors import UserError
+
+
+class Adapter:
+    """The state of one method on one model. Subclasses set ``name`` and implement the four
+    methods; ``source`` is a frozen copy of the source model (eval mode) kept for reset."""
+
+    name = ""
+    updates_weights = True  # False: nothing to export after the first engine
+
+    def __init__(self, model: nn.Module, cfg: AdaptConfig):
+        self.cfg = cfg
+        self.source = copy.deepcopy(model).eval().requires_grad_(False)
+        self.step_count = 0
+
+    def step(self, batch: torch.Tensor, pseudo_label: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def deployable(self) -> nn.Module:
+        raise NotImplementedError
+
+    def memory_network(self) -> nn.Module:
+        """The network the health gate measures drift against (IAPC's memory; else itself)."""
+        return self.deployable()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the deployable weights and the step counter (both
+        top-level keys of the checkpoint it goes into: ``state_dict`` and ``step``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From a checkpoint's payload (its ``step`` and the keys of :meth:`state_dict`)."""
+        self.step_count = int(state.get("step", 0))
+
+    def reset(self) -> None:
+        """Back to the source model and a fresh state."""
+        self.__init__(self.source, self.cfg)
+
+    def skipped(self, stats: dict[str, Any]) -> bool:
+        return bool(stats.get("skipped", False))
+
+
+@contextlib.contextmanager
+def deployed(network: nn.Module) -> Iterator[nn.Module]:
+    """``network`` in eval mode for the block (export, evaluation), its modes restored after."""
+    modes = {m: m.training for m in network.modules()}
+    network.eval()
+    try:
+        yield network
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+
+
+class SourceOnly(Adapter):
+    """``none``: serve and evaluate the source model as it is."""
+
+    name = "none"
+    updates_weights = False
+
+    def step(self, batch, pseudo_label=None, generator=None):
+        self.step_count += 1  # counted, so that loops over steps end; the weights never change
+        return {}
+
+    def deployable(self):
+        return self.source
+
+
+class BNAdapt(Adapter):
+    """``bn``: only the BatchNorm running statistics follow the target frames."""
+
+    name = "bn"
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.model = copy.deepcopy(self.source)
+        if self.cfg.bn_momentum is None:  # plain average over all frames seen
+            for bn in _batch_norms(self.model):
+                bn.reset_running_stats()
+                bn.momentum = None
+
+    def step(self, batch, pseudo_label=None, generator=None):
+        update_bn_statistics(self.model, batch.to(_device_of(self.model)), self.cfg)
+        self.step_count += 1
+        return {}
+
+    def deployable(self):
+        return self.model
+
+
+class Tent(Adapter):
+    """``tent``: minimise the mean per-pixel prediction entropy over the BN affine parameters."""
+
+    name = "tent"
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.model = configure_tent_deployable(copy.deepcopy(self.source), cfg.bn_momentum)
+        params, _ = collect_tent_params(self.model)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999))
+
+    def step(self, batch, pseudo_label=None, generator=None):
+        x = normalize(batch.to(_device_of(self.model)), self.model.norm)
+        logits, _ = self.model(x)  # (N, K, h, w), batch statistics (train mode)
+        loss = softmax_entropy(logits).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        return {"entropy": loss.item(), "total": loss.item()}
+
+    def deployable(self):
+        return self.model
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def configure_tent_deployable(model: nn.Module, bn_momentum: float | None) -> nn.Module:
+    """TENT's configuration (train mode, only BN affine parameters trainable) that keeps the
+    running statistics, so that the adapted model can be exported and run frame by frame."""
+    model.train().requires_grad_(False)
+    norms = _batch_norms(model)
+    if not norms:
+        raise UserError("the model has no BatchNorm layers: TENT adapts BN affine parameters only")
+    for bn in norms:
+        bn.requires_grad_(True)
+        if bn_momentum is not None:
+            bn.momentum = bn_momentum
+    return model
+
+
+class IAPC(Adapter):
+    """``iapc``: the three networks, SGD, the schedule and the class-balance state."""
+
+    name = "iapc"
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.source, self.memory, self.target = make_networks(model, channels_last=cfg.channels_last)
+        self.trained = self.target  # replaced by a DistributedDataParallel wrapper in DDP runs
+        self.optimizer = make_optimizer(self.target, cfg)
+        self.state = AdaptState.new(self.target.num_classes, _device_of(self.target))
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def step(self, batch, pseudo_label=None, generator=None):
+        stats = adaptation_step(self.source, self.memory, self.trained, batch, self.optimizer,
+                                self.state, self.cfg, pseudo_label=pseudo_label,
+                                generator=generator if generator is not None else self.generator)
+        if not stats["skipped"] and self.cfg.restore_probability > 0:
+            stochastic_restore(self.target, self.source, self.cfg.restore_probability,
+                               self.generator)
+        self.step_count = self.state.step
+        return stats
+
+    def deployable(self):
+        return self.target
+
+    def memory_network(self):
+        return self.memory
+
+    def state_dict(self):
+        return {"memory": self.memory.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "adapt_state": self.state.state_dict()}
+
+    def load_state_dict(self, state):
+        if "memory" not in state or "adapt_state" not in state:
+            raise UserError("the checkpoint holds no IAPC state (memory network, optimiser): "
+                            "resume it with the --method it was made with")
+        self.memory.load_state_dict(state["memory"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.state.load_state_dict(state["adapt_state"])
+        self.step_count = self.state.step
+
+    def reset(self):
+        source = self.source
+        self.__init__(source, self.cfg)
+
+
+def stochastic_restore(target: nn.Module, source: nn.Module, probability: float,
+                       generator: torch.Generator) -> None:
+    """CoTTA's stochastic restore: each weight element of ``target`` returns to its ``source``
+    value with ``probability`` (BN statistics are left alone: they track the target domain)."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            restore = torch.rand(t.shape, generator=generator).to(t.device) < probability
+            t.copy_(torch.where(restore, s, t))
+
+
+METHODS: dict[str, Callable[[nn.Module, AdaptConfig], Adapter]] = {
+    "none": SourceOnly, "bn": BNAdapt, "tent": Tent, "iapc": IAPC}
+
+
+def make_adapter(method: str, model: nn.Module, cfg: AdaptConfig) -> Adapter:
+    """The :class:`Adapter` of ``method`` on a copy of ``model`` (which is left untouched)."""
+    if method not in METHODS:
+        raise UserError(f"unknown adaptation method {method!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[method](model, cfg)
+
+
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,40 @@
+"""The source model that ships with the package: its manifest, its hash, and its mIoU."""
+
+from __future__ import annotations
+
+import pytest
+
+from iapc.shipped import sha256_of, shipped_checkpoint, shipped_manifest, weights_path
+
+
+def test_the_shipped_tiny_model_matches_its_manifest_and_scores_what_it_says(tmp_path):
+    from iapc.adapt.checkpoint import load_model
+    from iapc.adapt.embedded import EMBEDDED_SIZE
+    from iapc.adapt.evaluate import evaluate_model, labelled_samples
+    from iapc.adapt.synth import write_domain
+
+    manifest = shipped_manifest("tiny")
+    assert manifest is not None, "iapc/weights/source_tiny.json is missing"
+    for key in ("command", "data", "seed", "sha256", "source_val_miou", "input_size"):
+        assert key in manifest, key
+    path = shipped_checkpoint("tiny")
+    assert path == weights_path("tiny") and sha256_of(path) == manifest["sha256"]
+    model, meta = load_model(path)
+    assert meta["input_size"] == tuple(manifest["input_size"]) == EMBEDDED_SIZE
+    # the first frames of the source domain's val split, as the manifest's check scored them
+    frames = manifest["check"]["frames"]
+    write_domain(tmp_path, "source", {"val": frames}, size=EMBEDDED_SIZE, seed=manifest["data"]["seed"])
+    miou = evaluate_model(model.eval(), labelled_samples(tmp_path, "val"), size=EMBEDDED_SIZE,
+                          batch_size=8)["miou"]
+    assert 100 * miou == pytest.approx(manifest["check"]["miou"], abs=0.5)
+
+
+def test_a_damaged_shipped_file_is_refused_with_one_line(tmp_path, monkeypatch):
+    import iapc.shipped as shipped
+    from iapc.errors import UserError
+
+    (tmp_path / "source_tiny.pt").write_bytes(b"not the shipped weights")
+    (tmp_path / "source_tiny.json").write_text('{"sha256": "0"}')
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(UserError, match="reinstall"):
+        shipped.shipped_checkpoint("tiny")
