@@ -193,6 +193,32 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
             bn.train(mode)
 
 
+@contextlib.contextmanager
+def running_statistics_untouched(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with each batch's own statistics (train mode) but leave their
+    running statistics as they are (momentum 0) for the block."""
+    norms = list(_batch_norms(model))
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.momentum = 0.0
+    try:
+        yield
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+
+
+def _gradient_path_statistics(target: nn.Module, bn_statistics: str):
+    """How ``T``'s BatchNorm treats the augmented gradient path: "augmented" (paper) lets the
+    running statistics follow it; "clean" normalises it with batch statistics and leaves the
+    running ones (learnt from clean frames) alone; "frozen" normalises it with those."""
+    if bn_statistics == "clean":
+        return running_statistics_untouched(target)
+    if bn_statistics == "frozen":
+        return frozen_bn_statistics(target)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig") -> None:
     """One train-mode forward of the un-augmented frames: BatchNorm running statistics move
@@ -227,14 +253,16 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
                     generator: torch.Generator | None = None) -> dict[str, float]:
     """One IAPC step on a uint8 (N, 3, H, W) RGB batch, in the released code's order.
 
-    1. EMA update of ``M`` from ``T``; with the preset's ``bn_statistics="clean"``, ``T``'s
-       BatchNorm statistics then follow the un-augmented batch (:func:`update_bn_statistics`);
+    1. EMA update of ``M`` from ``T``; with the preset's ``bn_statistics`` "clean" or "frozen",
+       ``T``'s running BatchNorm statistics then follow the un-augmented batch
+       (:func:`update_bn_statistics`);
     2. views: ``x1`` (rescaled crop), ``x0`` (un-rescaled crop), ``x2`` (photometric ``x1``);
     3. the teacher on ``x1`` (``S``, or ``M`` for ``teacher="memory"``) and ``M(x0)`` without
        autograd;
     4. ``y_hat``: the cropped offline ``pseudo_label`` (N, H, W) if given, else the teacher's
        argmax (streaming), low-confidence pixels ignored when the preset says so;
-    5. ``T(x2)`` (with frozen BN statistics under ``"clean"``), the losses, backward, SGD step.
+    5. ``T(x2)`` (BatchNorm as :func:`_gradient_path_statistics` says), the losses, backward,
+       SGD step.
 
     Returns the weighted loss terms ``ia, im, ps, pe, total``, the ``lr`` used and ``skipped``.
     A non-finite loss skips the optimiser step (and the step counter) and returns
@@ -249,7 +277,7 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
         pseudo_label = pseudo_label.to(device)
 
     ema_update(memory, target, cfg.ema_alpha)
-    clean_statistics = preset.bn_statistics == "clean"
+    clean_statistics = preset.bn_statistics != "augmented"
     if clean_statistics:
         update_bn_statistics(target, batch, cfg)
     views = random_rescale_crop(batch, cfg.crop_hw, cfg.scale_range, label=pseudo_label,
@@ -268,8 +296,7 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
     else:
         label = teacher_label(teacher_logits, cfg.crop_hw, preset.min_confidence)  # (N, H, W)
 
-    with _autocast(cfg, device), (frozen_bn_statistics(target) if clean_statistics
-                                  else contextlib.nullcontext()):
+    with _autocast(cfg, device), _gradient_path_statistics(target, preset.bn_statistics):
         target_logits, target_feats = target(_network_input(x2, target, cfg))
     losses = iapc_losses(target_logits, target_feats, teacher_logits, memory_logits, memory_feats,
                          label, preset=preset, state=state.class_balance,

@@ -47,6 +47,7 @@ from iapc.adapt.synth import write_domain
 VARIANTS: dict[str, dict[str, Any]] = {
     "teacher=source": {"teacher": "source"},
     "bn=augmented": {"bn_statistics": "augmented"},
+    "bn=frozen": {"bn_statistics": "frozen"},
     "rare=released": {"rare_fraction": None},
     "conf>=0.9": {"min_confidence": 0.9},
     "lr=3e-4": {"lr": 3e-4},

@@ -46,9 +46,11 @@ class Preset:
     im: str  # "entropy_diversity" (paper) or "entropy" (released code)
     ps_reshape_quirk: bool  # reproduce the released view(N, K, h, w) in the second PS term
     weights: LossWeights
-    # "augmented": T's BatchNorm statistics follow the photometrically augmented crops it trains
-    # on (paper, released). "clean": they follow the un-augmented frames, and T normalises with
-    # them (frozen) on the gradient path, so augmentation never reaches what gets deployed.
+    # "augmented": T's BatchNorm running statistics follow the photometrically augmented crops
+    # it trains on (paper, released). "clean": they follow the un-augmented frames, and the
+    # gradient path normalises with its batch's statistics without touching them, so
+    # augmentation never reaches what gets deployed. "frozen": as clean, but the gradient path
+    # normalises with the running (clean) statistics.
     bn_statistics: str = "augmented"
     # Who gives y_hat and the importance: "source" (S with source statistics, paper/released)
     # or "memory" (the EMA memory network M, which normalises with T's target statistics).
@@ -79,7 +81,7 @@ PRESETS: dict[str, Preset] = {
                      bn_statistics="clean", teacher="memory", rare_fraction=1 / 32,
                      lr=1e-4, warmup_iters=20, ema_alpha=0.999, schedule="constant"),
 }
-BN_STATISTICS = ("augmented", "clean")
+BN_STATISTICS = ("augmented", "clean", "frozen")
 TEACHERS = ("source", "memory")
 
 
