@@ -31,7 +31,7 @@ from support import free_port, runtime_command  # noqa: E402
 
 def write_frames(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Synthetic 'fog' frames as PNG files (the recorded stream) and in memory."""
-    from iapc.adapt import synth
+    from iapc import synth
 
     folder.mkdir(parents=True, exist_ok=True)
     frames = []

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from iapc.errors import UserError, run_cli
-from iapc.runtime.config import (RuntimeConfig, default_cache_dir, load_yaml_config, parse_size)
+from iapc.cache import embedded_model_path
+from iapc.runtime.config import RuntimeConfig, load_yaml_config, parse_size
 
 SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
                 "cityscapes_sequence": "cityscapes", "synthetic": "synthetic"}
@@ -120,7 +121,7 @@ def check_config(cfg: RuntimeConfig) -> None:
 
 def embedded_checkpoint(cfg: RuntimeConfig) -> str:
     """The cached synthetic source model, trained in a child process on first use."""
-    path = default_cache_dir() / "embedded" / f"source_{cfg.model}.pt"  # as iapc.adapt.embedded
+    path = embedded_model_path(cfg.model)
     if not path.is_file():
         print(f"first use: training the embedded {cfg.model} source model on the synthetic source "
               f"domain into {path} (a few minutes, once)", file=sys.stderr)

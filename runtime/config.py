@@ -18,7 +18,7 @@ from iapc.options import parse_size as _parse_size
 
 def default_cache_dir() -> Path:
     """Where first-use artefacts (synthetic data, the embedded source model) are cached."""
-    from iapc.adapt.embedded import cache_dir
+    from iapc.cache import cache_dir
 
     return cache_dir()
 

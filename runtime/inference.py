@@ -53,7 +53,7 @@ class LiveScore:
     """
 
     def __init__(self, num_classes: int, backlog: int = 8):
-        from iapc.adapt.metrics import ConfusionMatrix
+        from iapc.metrics import ConfusionMatrix
 
         self.matrix = ConfusionMatrix(num_classes)
         self.frames = 0

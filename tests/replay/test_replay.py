@@ -11,10 +11,10 @@ import sys
 import cv2
 import pytest
 
-from iapc.adapt.labels import TRAIN_ID_TO_ID
-from iapc.adapt.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
+from iapc.labels import TRAIN_ID_TO_ID
+from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 from iapc.errors import UserError
-from iapc.runtime.report import continual_goals
+from iapc.replay.report import continual_goals
 from iapc.runtime.sources import make_source
 
 SIZE = (128, 64)  # (width, height) of the generated frames and of the engine input
@@ -39,7 +39,7 @@ def roots(tmp_path_factory):
 def briefly_trained_checkpoint(tmp_path_factory):
     """A 'tiny' model after a few source-training steps: it predicts several classes, so the
     mIoU comparison below is not between two all-zero scores."""
-    from iapc.adapt.data import find_cityscapes
+    from iapc.data import find_cityscapes
     from iapc.adapt.train_source import TrainConfig, train_source
 
     base = tmp_path_factory.mktemp("replay_source")
@@ -215,7 +215,7 @@ def test_bad_input_is_one_line_that_says_what_to_do(roots, tmp_path, capsys, arg
 
 
 def test_unlabelled_roots_are_refused(tmp_path):
-    from iapc.runtime.replay import build_plan
+    from iapc.replay.plan import build_plan
 
     write_domain(tmp_path / "fog", "fog", split_sizes={"val": 1}, size=SIZE, sequences=1)
     for label in (tmp_path / "fog" / "gtFine").rglob("*_labelIds.png"):
@@ -225,7 +225,7 @@ def test_unlabelled_roots_are_refused(tmp_path):
 
 
 def test_plan_maps_frame_ids_of_any_split_and_round_back_to_files(tmp_path):
-    from iapc.runtime.replay import build_plan
+    from iapc.replay.plan import build_plan
 
     write_domain(tmp_path / "rain", "rain", split_sizes={"train": 1}, size=SIZE, sequences=1)
     plan = build_plan([tmp_path / "rain"], "train", rounds=2)
