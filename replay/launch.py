@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from iapc.replay.plan import ReplayConfig, ReplayPlan
+from iapc.runtime import run_folder
 
 SUBSCRIBER_RCVHWM = 10000  # buffer masks in the socket rather than lose them to a busy collector
 
@@ -74,7 +75,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
 def keep_logs(run_dir: Path, logs: Path) -> None:
     """Copy the runtime's logs and resolved config out of its private (temporary) run folder."""
     logs.mkdir(parents=True, exist_ok=True)
-    for name in ("inference.log", "daemon.log", "config.json", "inference_summary.json"):
+    for name in (*run_folder.LOGS, run_folder.CONFIG, run_folder.INFERENCE_SUMMARY):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, logs / name)
 

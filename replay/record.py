@@ -4,6 +4,7 @@ for each annotated frame, scored as it arrives."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,3 +123,51 @@ def collect(subscriber, process: subprocess.Popen, recorder: StreamRecorder, pro
             recorder.add_mask(message.header, message.array, message.received_ns)
             progress.update(1)
             progress.set_postfix(engine=f"v{message.header.engine_version}", refresh=False)
+
+
+class Collector(threading.Thread):
+    """Receives every mask header and status message a runtime on a loopback ``port`` publishes,
+    in a thread, for the fault tests and the soak benchmark that watch a run while it goes."""
+
+    def __init__(self, port: int, rcvhwm: int = 8):
+        from iapc.ros_bridge.subscriber import MaskSubscriber
+
+        super().__init__(daemon=True)
+        self.sub = MaskSubscriber(f"tcp://127.0.0.1:{port}", topics=(b"mask", b"status"),
+                                  newest_wins=False, rcvhwm=rcvhwm)
+        self.headers, self.statuses = [], []
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                message = self.sub.receive_any(timeout=0.2)
+            except TimeoutError:
+                continue
+            if message.status is not None:
+                self.statuses.append(message.status)
+            else:
+                self.headers.append(message.header)
+
+    def wait_status(self, predicate, timeout: float, after: int = 0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for status in self.statuses[after:]:
+                if predicate(status):
+                    return status
+            time.sleep(0.05)
+        kinds = [(s.get("kind"), s.get("type"), s.get("state")) for s in self.statuses[after:]]
+        raise AssertionError(f"no such status within {timeout} s; saw {kinds[-30:]}")
+
+    def wait_frames(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.headers)
+        while len(self.headers) < start + count:
+            assert time.monotonic() < deadline, f"masks stopped flowing ({len(self.headers)})"
+            time.sleep(0.05)
+
+    def close(self):
+        self.stopped.set()
+        self.join(5)
+        self.sub.close()

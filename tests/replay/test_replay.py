@@ -11,11 +11,12 @@ import sys
 import cv2
 import pytest
 
-from iapc.labels import TRAIN_ID_TO_ID
-from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 from iapc.errors import UserError
+from iapc.labels import TRAIN_ID_TO_ID
 from iapc.replay.report import continual_goals
+from iapc.runtime import run_folder
 from iapc.runtime.sources import make_source
+from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 
 SIZE = (128, 64)  # (width, height) of the generated frames and of the engine input
 SEQUENCES = 2  # 30-frame snippets in the replayed fog root
@@ -113,7 +114,7 @@ def test_replay_report_matches_cityscapesscripts_and_the_published_stream(
             assert entry["miou"] == pytest.approx(100 * single, abs=1e-3)
 
         # Every frame arrived, in order, and the counts agree with the runtime's own summary.
-        summary = json.loads((out / "logs" / run_name / "inference_summary.json").read_text())
+        summary = json.loads((out / "logs" / run_name / run_folder.INFERENCE_SUMMARY).read_text())
         assert run["frames"]["expected"] == run["frames"]["received"] == frames
         assert run["frames"]["missing"] == 0 and run["frames"]["in_order"]
         assert summary["frames_published"] == frames and summary["frames_failed"] == 0
@@ -125,7 +126,7 @@ def test_replay_report_matches_cityscapesscripts_and_the_published_stream(
     # and the announced swaps are exactly those the inference process logged.
     assert adapted["non_decreasing"] and adapted["swaps_match_stream"]
     assert len(adapted["distinct"]) >= 2, "no hot-swap during the adapted replay"
-    summary = json.loads((out / "logs" / "adapted" / "inference_summary.json").read_text())
+    summary = json.loads((out / "logs" / "adapted" / run_folder.INFERENCE_SUMMARY).read_text())
     assert [(s["to"], s["at_frame"]) for s in adapted["swaps"]] == \
         [(s["to"], s["at_frame"]) for s in summary["swaps"]]
     for change in adapted["changes_in_stream"]:

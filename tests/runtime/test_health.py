@@ -13,6 +13,7 @@ from iapc.synth import sample_frames
 from iapc.export.store import EngineStore
 from iapc.runtime.config import HealthConfig, RuntimeConfig
 from iapc.runtime.health import check_health, js_divergence, non_finite_tensors, predict
+from iapc.runtime import run_folder
 
 SIZE = (128, 64)  # (width, height)
 SHARPEN = 30.0
@@ -119,9 +120,9 @@ class Events:
 
     def __init__(self, run_dir):
         from iapc.runtime.handoff import EventReceiver
-        from iapc.runtime.inference import ipc_address
+        from iapc.runtime.run_folder import ipc_address
 
-        self.receiver = EventReceiver(ipc_address(run_dir, "events.sock"))
+        self.receiver = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
 
     def all(self, timeout_ms=2000):
         found = self.receiver.poll(timeout_ms)
@@ -137,7 +138,7 @@ def daemon(tmp_path, frames):
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.runtime.daemon import AdaptationDaemon
     from iapc.runtime.handoff import EventSender
-    from iapc.runtime.inference import ipc_address
+    from iapc.runtime.run_folder import ipc_address
 
     checkpoint = tmp_path / "source.pt"
     save_checkpoint(checkpoint, "tiny", diverse_model())
@@ -146,7 +147,7 @@ def daemon(tmp_path, frames):
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
     d = AdaptationDaemon(cfg, str(checkpoint))
-    d.events = EventSender(ipc_address(tmp_path / "run", "events.sock"))
+    d.events = EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET))
     for image in sample_frames(12, SIZE, seed=2):
         d.keep(image)
     assert len(d.holdout) == 3 and len(d.buffer) == 9  # every 4th frame is held out

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from iapc import synth
-from iapc.data import find_cityscapes, load_sample
-from iapc.labels import NAME_TO_ID
 from iapc.cli import main as iapc_main
+from iapc.data import find_cityscapes, load_sample
 from iapc.errors import UserError
+from iapc.labels import NAME_TO_ID
 
 SIZE = (256, 128)
 TARGETS = [name for name in synth.DOMAINS if name != "source"]
