@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from iapc.adapt.evaluate import parse_size
+from iapc.cache import cache_dir as default_cache_dir
 from iapc.errors import UserError
 
 
@@ -46,13 +46,13 @@ class DemoConfig:
 
 
 def cache_dir(cfg_cache: str | None) -> Path:
-    """``--cache``, else ``$IAPC_CACHE``, else ``~/.cache/iapc``."""
-    return Path(cfg_cache or os.environ.get("IAPC_CACHE") or Path.home() / ".cache" / "iapc")
+    """``--cache``, else the shared cache (:func:`iapc.cache.cache_dir`)."""
+    return Path(cfg_cache) if cfg_cache else default_cache_dir()
 
 
 def ensure_domain(root: Path, domain: str, cfg: DemoConfig, seed: int) -> Path:
     """Write ``domain`` once; a ``done.json`` stamp records what was written."""
-    from iapc.adapt.synth import write_domain
+    from iapc.synth import write_domain
 
     folder = root / f"{domain}_{cfg.size[0]}x{cfg.size[1]}"
     stamp = {"domain": domain, "size": list(cfg.size), "train": cfg.train_images,
@@ -69,7 +69,7 @@ def ensure_domain(root: Path, domain: str, cfg: DemoConfig, seed: int) -> Path:
 def ensure_source_model(root: Path, source_root: Path, cfg: DemoConfig):
     """The cached tiny source model for this configuration, trained if missing."""
     from iapc.adapt.checkpoint import load_model
-    from iapc.adapt.data import find_samples
+    from iapc.data import find_samples
     from iapc.adapt.train_source import TrainConfig, train_source
 
     path = root / (f"source_tiny_{cfg.size[0]}x{cfg.size[1]}_{cfg.train_images}img_"
@@ -85,11 +85,11 @@ def ensure_source_model(root: Path, source_root: Path, cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Steps 1-5 above; returns the mIoUs (fractions) and timings."""
-    from iapc.adapt.data import find_samples
+    from iapc.data import find_samples
     from iapc.adapt.evaluate import evaluate_model, labelled_samples
     from iapc.adapt.method import AdaptConfig
     from iapc.adapt.offline import RunConfig, adapt_offline
-    from iapc.adapt.synth import DOMAINS
+    from iapc.synth import DOMAINS
 
     if cfg.target not in DOMAINS or cfg.target == "source":
         raise UserError(f"unknown target domain {cfg.target!r}: choose one of "

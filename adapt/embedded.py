@@ -1,7 +1,7 @@
 """The embedded default source model: a small network trained on the synthetic source domain.
 
 Used when no checkpoint is given (``iapc-runtime`` with no options, ``iapc demo``). It is trained
-once on first use and cached under ``$IAPC_CACHE`` (default ``~/.cache/iapc``); the synthetic
+once on first use and cached under :func:`iapc.cache.cache_dir`; the synthetic
 source domain it learns from is written beside it.
 
 ``python -m iapc.adapt.embedded --out FILE`` trains it (the runtime calls this in a child process
@@ -11,10 +11,10 @@ so that its own processes stay free of training work).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from iapc.cache import cache_dir, embedded_model_path
 from iapc.errors import run_cli
 
 EMBEDDED_SIZE = (256, 128)  # (width, height) of the synthetic frames and the engine input
@@ -25,14 +25,10 @@ EMBEDDED_ITERS = 1500
 EMBEDDED_JITTER = 0.3
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("IAPC_CACHE", Path.home() / ".cache" / "iapc"))
-
-
 def synthetic_root(domain: str, train: int = EMBEDDED_TRAIN_IMAGES, val: int = 40,
                    size: tuple[int, int] = EMBEDDED_SIZE, seed: int = 0) -> Path:
     """A synthetic domain in the Cityscapes layout, written on first use into the cache."""
-    from iapc.adapt.synth import write_domain
+    from iapc.synth import write_domain
 
     root = cache_dir() / "synthetic" / f"{domain}_{size[0]}x{size[1]}_{train}_{val}_s{seed}"
     done = root / ".complete"
@@ -45,10 +41,10 @@ def synthetic_root(domain: str, train: int = EMBEDDED_TRAIN_IMAGES, val: int = 4
 def ensure_source_model(model: str = "tiny", out: Path | None = None, iters: int = EMBEDDED_ITERS,
                         progress: bool = True) -> Path:
     """The cached source checkpoint, trained on the synthetic source domain if missing."""
-    from iapc.adapt.data import find_cityscapes
+    from iapc.data import find_cityscapes
     from iapc.adapt.train_source import TrainConfig, train_source
 
-    out = out or cache_dir() / "embedded" / f"source_{model}.pt"
+    out = out or embedded_model_path(model)
     if out.is_file():
         return out
     root = synthetic_root("source")

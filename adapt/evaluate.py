@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # torch stays out of ``iapc --help``
     import torch
     from torch import nn
 
-    from iapc.adapt.data import Sample
-    from iapc.adapt.metrics import SegmentationScores
+    from iapc.data import Sample
+    from iapc.metrics import SegmentationScores
 
 
 def resolve_device(name: str) -> "torch.device":
@@ -55,7 +55,7 @@ def _load_eval_pair(sample: "Sample", size: tuple[int, int]):
     """(image BGR resized to ``size``, train ids at native resolution)."""
     import cv2
 
-    from iapc.adapt.data import read_image_bgr, read_train_ids
+    from iapc.data import read_image_bgr, read_train_ids
 
     if sample.label is None:
         raise UserError(f"{sample.image} has no label file: evaluate on a labelled split "
@@ -73,7 +73,7 @@ def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[i
     import numpy as np
     import torch
 
-    from iapc.adapt.metrics import ConfusionMatrix
+    from iapc.metrics import ConfusionMatrix
     from iapc.adapt.preprocessing import camera_to_rgb, normalize
 
     if not samples:
@@ -109,7 +109,7 @@ def evaluate_model(model: "nn.Module", samples: Sequence["Sample"], size: tuple[
 
 def labelled_samples(root: str | Path, split: str = "val") -> list["Sample"]:
     """Every labelled image of ``root``/``split``; a :class:`UserError` if there is none."""
-    from iapc.adapt.data import find_samples
+    from iapc.data import find_samples
 
     samples = [s for s in find_samples(root, split) if s.label is not None]
     if not samples:
@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from iapc.adapt.checkpoint import input_size_for, load_model
-    from iapc.adapt.metrics import format_table
+    from iapc.metrics import format_table
 
     model, meta = load_model(args.checkpoint, args.model)
     size = input_size_for(meta, args.size, "--size")

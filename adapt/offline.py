@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from iapc.adapt.data import Sample
+    from iapc.data import Sample
     from iapc.adapt.method import AdaptConfig
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
@@ -182,7 +182,7 @@ def _read_rgb(sample: "Sample", size: tuple[int, int]) -> "torch.Tensor":
     import cv2
     import torch
 
-    from iapc.adapt.data import read_image_bgr
+    from iapc.data import read_image_bgr
     from iapc.adapt.preprocessing import camera_to_rgb
 
     image = read_image_bgr(sample.image)
@@ -478,7 +478,7 @@ def adapt_config_from_args(args: argparse.Namespace) -> "AdaptConfig":
 
 def run(args: argparse.Namespace) -> int:
     from iapc.adapt.checkpoint import input_size_for, load_model
-    from iapc.adapt.data import find_samples
+    from iapc.data import find_samples
     from iapc.adapt.evaluate import labelled_samples
 
     adapt_cfg = adapt_config_from_args(args)

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from iapc.adapt.evaluate import parse_size, resolve_device
-from iapc.adapt.labels import IGNORE_INDEX
+from iapc.labels import IGNORE_INDEX
 from iapc.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from iapc.adapt.data import Sample
+    from iapc.data import Sample
 
 
 @dataclass
@@ -123,7 +123,7 @@ class AugmentedDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from iapc.adapt.data import load_sample
+        from iapc.data import load_sample
 
         rng = np.random.default_rng(int(torch.randint(2**62, ())))
         image, label = load_sample(self.samples[index], self.cfg.size)
@@ -235,9 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.data import find_samples
+    from iapc.data import find_samples
     from iapc.adapt.evaluate import labelled_samples, score_samples
-    from iapc.adapt.metrics import format_table
+    from iapc.metrics import format_table
 
     crop = (args.crop[1], args.crop[0]) if args.crop else None  # --crop is WxH, the config (H, W)
     cfg = TrainConfig(model=args.model, iters=args.iters, batch=args.batch, size=args.size,

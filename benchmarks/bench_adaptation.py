@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from iapc.adapt.baselines import bn_adapt, collect_tent_params, configure_tent, tent_step
-from iapc.adapt.data import find_samples
+from iapc.data import find_samples
 from iapc.adapt.demo import DemoConfig, cache_dir, ensure_domain, ensure_source_model
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size, resolve_device
 from iapc.adapt.losses import PRESETS, LossWeights, Preset
@@ -135,7 +135,7 @@ def run_iapc(model, samples, eval_samples, args, preset: str | Preset) -> float:
 def pseudo_label_accuracy(model, root: Path, args) -> float:
     """Pixel accuracy, against the ground truth, of the offline (multi-scale + flip) pseudo-labels
     the source model gives the target training images: what IAPC's losses start from."""
-    from iapc.adapt.data import load_sample
+    from iapc.data import load_sample
     from iapc.adapt.method import generate_pseudo_labels
 
     samples = labelled_samples(root, "train")

@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
 
 def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[Path]:
     """The four target domains with ``sequences`` val snippets each, written once."""
-    from iapc.adapt.synth import write_domain
+    from iapc.synth import write_domain
 
     roots = []
     for domain in DOMAINS:
@@ -64,7 +64,8 @@ def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[P
 def source_model(iters: int | None) -> Path:
     """The embedded synthetic source model (the runtime's default), or the same recipe trained
     for ``iters`` iterations, cached beside it under its own name."""
-    from iapc.adapt.embedded import cache_dir, ensure_source_model
+    from iapc.adapt.embedded import ensure_source_model
+    from iapc.cache import cache_dir
 
     if iters is None:
         return ensure_source_model("tiny")
@@ -94,9 +95,11 @@ def print_table(report: dict) -> None:
 
 
 def main() -> int:
-    from iapc.adapt.embedded import EMBEDDED_SIZE, cache_dir
-    from iapc.runtime.replay import ReplayConfig, run_replay
-    from iapc.runtime.report import headline
+    from iapc.adapt.embedded import EMBEDDED_SIZE
+    from iapc.cache import cache_dir
+    from iapc.replay.markdown import headline
+    from iapc.replay.plan import ReplayConfig
+    from iapc.replay.run import run_replay
 
     args = parse_args()
     started = datetime.datetime.now().astimezone()

@@ -23,7 +23,7 @@ import torch
 from iapc.adapt.models import build_model
 from iapc.export.onnx_export import export_onnx
 from iapc.options import parse_size
-from iapc.export.parity import synthetic_frames
+from iapc.synth import sample_frames
 from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
 from iapc.export.runner_tensorrt import tensorrt_available
 from iapc.export.runners import TorchRunner
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args.model).eval()
     if args.device == "cuda":
         model = model.cuda()
-    frames = synthetic_frames(4, frame_size)
+    frames = sample_frames(4, frame_size)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         onnx_path = export_onnx(model, work / "model.onnx", frame_size=frame_size)

@@ -36,12 +36,12 @@ from typing import Any, Callable
 import torch
 
 from iapc.adapt.checkpoint import load_model
-from iapc.adapt.data import find_samples, load_sample
+from iapc.data import find_samples, load_sample
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size
 from iapc.adapt.losses import PRESETS
 from iapc.adapt.method import AdaptConfig
 from iapc.adapt.offline import RunConfig, adapt_offline
-from iapc.adapt.synth import write_domain
+from iapc.synth import write_domain
 
 # name -> changed fields of the stream preset (ablations of docs/METHOD.md's choices)
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -25,13 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import free_port, runtime_command  # noqa: E402
+from iapc.replay.launch import free_loopback_port, runtime_executable
 
 
 def write_frames(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Synthetic 'fog' frames as PNG files (the recorded stream) and in memory."""
-    from iapc.adapt import synth
+    from iapc import synth
 
     folder.mkdir(parents=True, exist_ok=True)
     frames = []
@@ -59,8 +58,8 @@ def run_runtime(args: list[str], port: int, timeout: float = 600) -> list:
 
     headers = []
     with MaskSubscriber(f"tcp://127.0.0.1:{port}", newest_wins=False) as sub:
-        process = subprocess.Popen(runtime_command(*args, "--publish", f"tcp://127.0.0.1:{port}",
-                                                   "--quiet"), stderr=subprocess.PIPE)
+        process = subprocess.Popen([*runtime_executable(), *args, "--publish", f"tcp://127.0.0.1:{port}",
+                                                   "--quiet"], stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -123,7 +122,7 @@ def main() -> int:
         # 1. throughput, runtime vs bare engine (adaptation off: the bare engine has none either)
         bare = bare_engine_fps(onnx_path, frames, threads=1)
         headers = run_runtime(["--images", str(tmp / "frames"), "--fps", "0", "--no-adapt",
-                               "--run-dir", str(tmp / "run_tp"), *common], free_port())
+                               "--run-dir", str(tmp / "run_tp"), *common], free_loopback_port())
         span = (headers[-1].publish_ns - headers[0].publish_ns) / 1e9
         runtime_fps = (len(headers) - 1) / span
         results["throughput"] = {"bare_fps": bare, "runtime_fps": runtime_fps,
@@ -132,9 +131,9 @@ def main() -> int:
         # 2. + 3. paced stream with and without adaptation
         paced = ["--synthetic", "fog", "--fps", str(args.fps),
                  "--max-frames", str(int(args.fps * args.seconds)), *common]
-        without = run_runtime([*paced, "--no-adapt", "--run-dir", str(tmp / "run_off")], free_port())
+        without = run_runtime([*paced, "--no-adapt", "--run-dir", str(tmp / "run_off")], free_loopback_port())
         with_adapt = run_runtime([*paced, "--export-every-steps", "10",
-                                  "--run-dir", str(tmp / "run_on")], free_port())
+                                  "--run-dir", str(tmp / "run_on")], free_loopback_port())
         p99_off = float(np.percentile(latencies_ms(without), 99))
         p99_on = float(np.percentile(latencies_ms(with_adapt), 99))
         results["latency"] = {"p50_off_ms": float(np.median(latencies_ms(without))),

@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from iapc.adapt import synth
+from iapc import synth
 from iapc.adapt.checkpoint import load_model
 from iapc.adapt.method import AdaptConfig, AdaptState, adaptation_step, make_networks, make_optimizer
 from iapc.adapt.models import build_model

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Collector, free_port  # noqa: E402
+from iapc.replay.launch import free_loopback_port
+from iapc.replay.record import Collector
+from iapc.runtime import run_folder
 
 SOURCE_FAULTS = "bad=0.002,resize=0.002,outage=0.0003,outage_s=0.5"
 EXTERNAL_FAULTS = ("daemon_kill", "daemon_hang", "subscriber_stall", "engine_corrupt")
@@ -61,7 +62,7 @@ class Injector(threading.Thread):
 
     def daemon_pid(self) -> int | None:
         try:
-            return int((self.run_dir / "daemon.heartbeat").read_text())
+            return int((self.run_dir / run_folder.HEARTBEAT).read_text())
         except (OSError, ValueError):
             return None
 
@@ -102,13 +103,13 @@ class Injector(threading.Thread):
 
         garbage = self.run_dir / "garbage.onnx"
         garbage.write_bytes(os.urandom(4096))
-        self.corrupt_versions.add(EngineStore(self.run_dir / "store").publish(garbage).number)
+        self.corrupt_versions.add(EngineStore(self.run_dir / run_folder.STORE).publish(garbage).number)
         return True
 
 
 def soak(frames: int, size: str, fps: float, faults: bool, every_s: float, seed: int,
          workdir: Path, checkpoint: Path) -> dict:
-    run_dir, port = workdir / ("run_faults" if faults else "run_clean"), free_port()
+    run_dir, port = workdir / ("run_faults" if faults else "run_clean"), free_loopback_port()
     config = {"adaptation": {"export_every_steps": 20, "heartbeat_every": 0.5},
               "daemon_timeout": 10.0, "daemon_start_timeout": 120.0,
               "source": {"faults": SOURCE_FAULTS if faults else None, "seed": seed,
@@ -139,7 +140,7 @@ def soak(frames: int, size: str, fps: float, faults: bool, every_s: float, seed:
 
 
 def report(run_dir: Path, recorder: Collector, injector: Injector | None, seconds: float) -> dict:
-    summary = json.loads((run_dir / "inference_summary.json").read_text())
+    summary = json.loads((run_dir / run_folder.INFERENCE_SUMMARY).read_text())
     injected_source = summary["faults_injected"] or {"bad": 0, "resize": 0, "outage": 0}
     ids = [h.frame_id for h in recorder.headers]
     in_order = ids == sorted(set(ids))

@@ -39,10 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parity_frames(spec: str, frame_size: tuple[int, int]):
-    from iapc.export.parity import load_frames, synthetic_frames
+    from iapc.export.parity import load_frames
+    from iapc.synth import sample_frames
 
     if spec == "synthetic":
-        return synthetic_frames(PARITY_FRAMES, frame_size)
+        return sample_frames(PARITY_FRAMES, frame_size)
     return load_frames(spec, frame_size, limit=PARITY_FRAMES * 2)
 
 

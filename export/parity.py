@@ -3,7 +3,7 @@
 The reference is the PyTorch model run through the very graph that was exported
 (:class:`~iapc.export.onnx_export.SegmentationGraph`), so the comparison covers pre- and
 post-processing as well as the network. Frames come from a folder of recorded images or, when
-none are given, from :func:`synthetic_frames`.
+none are given, from :func:`iapc.synth.sample_frames` (the synthetic driving world).
 """
 
 from __future__ import annotations
@@ -86,29 +86,6 @@ def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterab
     equal = sum(int((a == b).sum()) for a, b in zip(expected, got))
     total = sum(a.size for a in expected)
     return _report(equal / total, min_agreement, len(frames), runner_ms)
-
-
-def synthetic_frames(count: int, frame_size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """uint8 (count, H, W, 3) BGR street-like frames: sky and road gradients, blocks, noise.
-
-    Structured rather than pure noise, so the network's outputs have regions and boundaries
-    like on real frames (pure noise makes argmax ties, and the gate would test rounding only).
-    """
-    width, height = frame_size
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]  # (H, 1, 1)
-    frames = np.empty((count, height, width, 3), dtype=np.uint8)
-    for i in range(count):
-        sky, road = rng.uniform(60, 255, 3), rng.uniform(20, 140, 3)
-        image = (1 - rows) * sky + rows * road  # (H, 1, 3) vertical gradient
-        image = np.broadcast_to(image, (height, width, 3)).copy()
-        for _ in range(rng.integers(3, 8)):  # buildings, cars, signs
-            x0, y0 = rng.integers(0, width), rng.integers(0, height)
-            w, h = rng.integers(width // 16 + 1, width // 3 + 2), rng.integers(height // 16 + 1, height // 2 + 2)
-            image[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 6, image.shape)
-        frames[i] = np.clip(image, 0, 255).astype(np.uint8)
-    return frames
 
 
 def load_frames(folder: str | os.PathLike, frame_size: tuple[int, int], limit: int = 8) -> np.ndarray:

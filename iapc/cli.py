@@ -15,14 +15,14 @@ from iapc.errors import run_cli
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("iapc.adapt.synth_cli", "write synthetic driving domains in the Cityscapes layout"),
+    "synth": ("iapc.synth.cli", "write synthetic driving domains in the Cityscapes layout"),
     "train-source": ("iapc.adapt.train_source", "train a source model on a labelled root"),
     "adapt": ("iapc.adapt.offline", "adapt a source checkpoint on an unlabelled root with IAPC"),
     "evaluate": ("iapc.adapt.evaluate", "mIoU of a checkpoint on a labelled root"),
     "demo": ("iapc.adapt.demo", "synthetic end-to-end adaptation demo (source-only vs IAPC)"),
     "export": ("iapc.export.cli", "export a checkpoint to ONNX / an engine in the engine store"),
     "subscribe": ("iapc.runtime.subscribe_cli", "print the masks and status a runtime publishes"),
-    "replay": ("iapc.runtime.replay", "replay Cityscapes sequences through the runtime and report"),
+    "replay": ("iapc.replay.cli", "replay Cityscapes sequences through the runtime and report"),
     "bridge": ("iapc.ros_bridge.cli", "republish masks to ROS 2 / MCAP / Foxglove"),
     "keys": ("iapc.runtime.security", "make CURVE keys for iapc-runtime --curve-keys"),
 }

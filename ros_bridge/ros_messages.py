@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from iapc.adapt.labels import colorize
+from iapc.labels import colorize
 from iapc.runtime.protocol import MaskHeader
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from iapc.errors import UserError, run_cli
+from iapc.cache import embedded_model_path
 from iapc.method_config import AdaptConfig
-from iapc.runtime.config import (AdaptationConfig, RuntimeConfig, SourceConfig, default_cache_dir,
-                                 load_yaml_config)
 from iapc.options import DEFAULT_INPUT_SIZE
+from iapc.runtime.config import AdaptationConfig, RuntimeConfig, SourceConfig, load_yaml_config
 from iapc.settings import add_flags, apply_flags
 
 SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
@@ -110,7 +110,7 @@ def embedded_checkpoint(cfg: RuntimeConfig) -> str:
     shipped = shipped_checkpoint(cfg.model)
     if shipped is not None:
         return str(shipped)
-    path = default_cache_dir() / "embedded" / f"source_{cfg.model}.pt"  # as iapc.adapt.embedded
+    path = embedded_model_path(cfg.model)
     if not path.is_file():
         print(f"first use: training the embedded {cfg.model} source model on the synthetic source "
               f"domain into {path} (a few minutes, once)", file=sys.stderr)

@@ -19,7 +19,7 @@ from iapc.settings import check, from_plain, setting, to_plain
 
 def default_cache_dir() -> Path:
     """Where first-use artefacts (synthetic data, the embedded source model) are cached."""
-    from iapc.adapt.embedded import cache_dir
+    from iapc.cache import cache_dir
 
     return cache_dir()
 

@@ -52,11 +52,11 @@ from iapc.export.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventSender, FrameReceiver
 from iapc.runtime.health import check_health
-from iapc.runtime.inference import ipc_address
+from iapc.runtime import run_folder
+from iapc.runtime.run_folder import ipc_address
 
 log = logging.getLogger("iapc.runtime.daemon")
 
-HEARTBEAT_FILE = "daemon.heartbeat"
 EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
 
 
@@ -94,7 +94,7 @@ class AdaptationDaemon:
     def __init__(self, cfg: RuntimeConfig, checkpoint: str):
         self.cfg = cfg
         self.run_dir = cfg.resolved_run_dir()
-        self.state_path = self.run_dir / "adaptation.pt"
+        self.state_path = self.run_dir / run_folder.ADAPTATION_STATE
         self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
         model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
         self.device = adaptation_device(cfg)
@@ -110,7 +110,7 @@ class AdaptationDaemon:
         self.received = 0
         # the weights of the engine in service (one more model copy in memory)
         self.serving = copy.deepcopy(self.adapter.deployable()).eval()
-        self.heartbeat_path = self.run_dir / HEARTBEAT_FILE
+        self.heartbeat_path = self.run_dir / run_folder.HEARTBEAT
         self.last_heartbeat = 0.0
         self.rng = np.random.default_rng(self.method.seed)
         self.deployed_step = 0
@@ -311,8 +311,8 @@ class AdaptationDaemon:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def run(self) -> int:
-        self.events = EventSender(ipc_address(self.run_dir, "events.sock"))
-        frames = FrameReceiver(ipc_address(self.run_dir, "frames.sock"))
+        self.events = EventSender(ipc_address(self.run_dir, run_folder.EVENTS_SOCKET))
+        frames = FrameReceiver(ipc_address(self.run_dir, run_folder.FRAMES_SOCKET))
         self.beat(force=True)
         self.remove_leftovers()
         try:

@@ -19,17 +19,15 @@ import cv2
 import numpy as np
 
 from iapc.errors import UserError, run_cli
+from iapc.runtime import run_folder
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventReceiver, FrameHandoff
 from iapc.runtime.loop import InferenceLoop
+from iapc.runtime.run_folder import ipc_address
 from iapc.runtime.sources import CaptureThread, make_source
 from iapc.runtime.swap import EngineManager
 
 log = logging.getLogger("iapc.runtime.inference")
-
-
-def ipc_address(run_dir: Path, name: str) -> str:
-    return f"ipc://{run_dir / name}"
 
 
 def make_runner_loader(cfg: RuntimeConfig):
@@ -53,7 +51,7 @@ class LiveScore:
     """
 
     def __init__(self, num_classes: int, backlog: int = 8):
-        from iapc.adapt.metrics import ConfusionMatrix
+        from iapc.metrics import ConfusionMatrix
 
         self.matrix = ConfusionMatrix(num_classes)
         self.frames = 0
@@ -123,8 +121,8 @@ def run_inference(cfg: RuntimeConfig) -> int:
     engines = EngineManager(store, make_runner_loader(cfg), cfg.input_size)
     publisher = MaskPublisher(cfg.publish, sndhwm=cfg.publish_hwm, allow_remote=cfg.insecure, curve=curve_keys(cfg))
     metrics = RuntimeMetrics(port=cfg.metrics_port) if cfg.metrics_port is not None else None
-    events = EventReceiver(ipc_address(run_dir, "events.sock"))
-    handoff = (FrameHandoff(ipc_address(run_dir, "frames.sock"))
+    events = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
+    handoff = (FrameHandoff(ipc_address(run_dir, run_folder.FRAMES_SOCKET))
                if cfg.adaptation.enabled else None)
     score = LiveScore(cfg.num_classes)
     loop = InferenceLoop(capture, publisher, engines, cfg.input_size, cfg.num_classes,
@@ -162,7 +160,7 @@ def run_inference(cfg: RuntimeConfig) -> int:
                "engines_rejected": engines.rejected, "finished_ns": time.time_ns(),
                # the inference process must never load PyTorch (the tests check this)
                "torch_loaded": "torch" in sys.modules}
-    (run_dir / "inference_summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / run_folder.INFERENCE_SUMMARY).write_text(json.dumps(summary, indent=1))
     return 0
 
 

@@ -133,7 +133,7 @@ class FileListSource(FrameSource):
         self.labels = labels or [None] * len(images)
 
     def frames(self) -> Iterator[Frame]:
-        from iapc.adapt.data import read_train_ids
+        from iapc.data import read_train_ids
 
         for index, (path, label_path) in enumerate(zip(self.images, self.labels)):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -156,7 +156,7 @@ def images_source(folder: str) -> FileListSource:
 def cityscapes_source(folder: str, split: str = "val") -> FileListSource:
     """A Cityscapes root (``leftImg8bit_sequence``, else ``leftImg8bit``) or a folder of
     ``*_leftImg8bit.png`` files, in (city, sequence, frame) order; ``gtFine`` labels attached."""
-    from iapc.adapt.data import find_cityscapes
+    from iapc.data import find_cityscapes
 
     root = Path(folder)
     if not root.exists():
@@ -184,10 +184,10 @@ def playlist_source(locations: list[str]) -> FileListSource:
 
 
 class SyntheticSource(FrameSource):
-    """The project's generated driving stream (``iapc.adapt.synth``), with its labels."""
+    """The project's generated driving stream (``iapc.synth``), with its labels."""
 
     def __init__(self, domain: str, size: tuple[int, int], seed: int = 0):
-        from iapc.adapt import synth
+        from iapc import synth
 
         if domain not in synth.DOMAINS:
             raise UserError(f"unknown synthetic domain {domain!r}: choose one of "
@@ -195,8 +195,8 @@ class SyntheticSource(FrameSource):
         self.domain, self.size, self.seed = domain, size, seed
 
     def frames(self) -> Iterator[Frame]:
-        from iapc.adapt import synth
-        from iapc.adapt.labels import label_ids_to_train_ids
+        from iapc import synth
+        from iapc.labels import label_ids_to_train_ids
 
         for index, (image, label_ids) in enumerate(synth.stream(self.domain, self.size, self.seed)):
             yield Frame(image, index, time.time_ns(), label_ids_to_train_ids(label_ids),

@@ -83,7 +83,7 @@ def class_histogram_summary(mask, num_classes: int, top: int = TOP_CLASSES) -> s
 
 def _class_names(num_classes: int) -> dict[int, str]:
     """Cityscapes train-id names when the mask has 19 classes; ids otherwise."""
-    from iapc.adapt.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+    from iapc.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
     names = {IGNORE_INDEX: "ignore"}
     if num_classes == NUM_CLASSES:

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from iapc.runtime import run_folder
 from iapc.runtime.config import RuntimeConfig
 
 log = logging.getLogger("iapc.runtime.supervisor")
@@ -38,7 +39,7 @@ def prepare_run_dir(cfg: RuntimeConfig) -> Path:
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    (run_dir / run_folder.CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
     return run_dir
 
 
@@ -52,7 +53,7 @@ class Child:
         self.started_at = 0.0  # wall clock of the last start
 
     def start(self) -> None:
-        log_file = open(self.run_dir / f"{self.name}.log", "ab")
+        log_file = open(self.run_dir / run_folder.log_name(self.name), "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
                                         stdout=log_file, stderr=subprocess.PIPE, env=env)
@@ -64,7 +65,7 @@ class Child:
 
     def _relay_errors(self, process: subprocess.Popen) -> None:
         """User errors ('iapc-runtime: error: ...') to the terminal, everything to the log."""
-        with open(self.run_dir / f"{self.name}.log", "ab") as log_file:
+        with open(self.run_dir / run_folder.log_name(self.name), "ab") as log_file:
             for line in process.stderr:
                 log_file.write(line)
                 log_file.flush()
@@ -94,14 +95,14 @@ class Supervisor:
     def __init__(self, cfg: RuntimeConfig, checkpoint: str, on_status=None):
         self.cfg = cfg
         self.run_dir = prepare_run_dir(cfg)
-        config_arg = ["--config", str(self.run_dir / "config.json")]
+        config_arg = ["--config", str(self.run_dir / run_folder.CONFIG)]
         self.inference = Child("inference", "iapc.runtime.inference", config_arg, self.run_dir)
         self.daemon = Child("daemon", "iapc.runtime.daemon",
                             config_arg + ["--checkpoint", checkpoint], self.run_dir)
         self.on_status = on_status
         self.stopping = threading.Event()
         self.daemon_restarts = 0
-        self.heartbeat_path = self.run_dir / "daemon.heartbeat"
+        self.heartbeat_path = self.run_dir / run_folder.HEARTBEAT
         self.events = None  # EventSender to the inference process, made in run()
 
     def _last_heartbeat(self) -> float | None:
@@ -151,11 +152,10 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         from iapc.runtime.handoff import EventSender
-        from iapc.runtime.inference import ipc_address
 
         self.daemon.start()  # it publishes the first engine when the store is empty
         self.inference.start()
-        self.events = EventSender(ipc_address(self.run_dir, "events.sock"))
+        self.events = EventSender(run_folder.ipc_address(self.run_dir, run_folder.EVENTS_SOCKET))
         code = 0
         try:
             while not self.stopping.is_set():

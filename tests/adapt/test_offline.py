@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from iapc.adapt.checkpoint import load_model, read_checkpoint_file, save_checkpoint
-from iapc.adapt.data import find_samples
+from iapc.data import find_samples
 from iapc.adapt.evaluate import labelled_samples
 from iapc.adapt.method import AdaptConfig
 from iapc.adapt.models import build_model
 from iapc.adapt.offline import RunConfig, adapt_offline, latest_checkpoint
-from iapc.adapt.synth import write_domain
+from iapc.synth import write_domain
 from iapc.errors import UserError
 
 SIZE = (96, 48)  # (W, H)

@@ -11,7 +11,7 @@ def test_the_shipped_tiny_model_matches_its_manifest_and_scores_what_it_says(tmp
     from iapc.adapt.checkpoint import load_model
     from iapc.adapt.embedded import EMBEDDED_SIZE
     from iapc.adapt.evaluate import evaluate_model, labelled_samples
-    from iapc.adapt.synth import write_domain
+    from iapc.synth import write_domain
 
     manifest = shipped_manifest("tiny")
     assert manifest is not None, "iapc/weights/source_tiny.json is missing"

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from iapc.adapt.checkpoint import load_model
-from iapc.adapt.data import find_samples
+from iapc.data import find_samples
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size, predict_train_ids
-from iapc.adapt.labels import NAME_TO_ID
+from iapc.labels import NAME_TO_ID
 from iapc.adapt.models import build_model
 from iapc.adapt.train_source import TrainConfig, random_scale_crop_flip, train_source
 from iapc.cli import _main as cli_main

@@ -7,7 +7,7 @@ import torch
 
 from iapc.adapt.models import build_model
 from iapc.export.onnx_export import export_onnx
-from iapc.export.parity import synthetic_frames
+from iapc.synth import sample_frames
 
 FRAME_SIZE = (128, 64)  # (W, H)
 
@@ -28,4 +28,4 @@ def tiny_onnx(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="session")
 def frames():
     """uint8 (3, 64, 128, 3) BGR street-like frames."""
-    return synthetic_frames(3, FRAME_SIZE, seed=1)
+    return sample_frames(3, FRAME_SIZE, seed=1)

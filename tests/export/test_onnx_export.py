@@ -12,7 +12,8 @@ from iapc.adapt.models import MODELS, build_model
 from iapc.errors import UserError
 from iapc.export.onnx_export import (SegmentationGraph, export_onnx, importance_uint8,
                                      read_metadata)
-from iapc.export.parity import check_parity, synthetic_frames
+from iapc.export.parity import check_parity
+from iapc.synth import sample_frames
 from iapc.export.runner_onnxrt import OnnxRuntimeRunner
 
 SMALL = (64, 64)
@@ -30,7 +31,7 @@ def test_every_registered_model_exports_and_matches_pytorch(tmp_path, name):
     model = build_model(name, num_classes=19).eval()
     path = export_onnx(model, tmp_path / f"{name}.onnx", frame_size=SMALL, model_name=name)
     onnx.checker.check_model(onnx.load(str(path)))
-    report = check_parity(OnnxRuntimeRunner(path), model, synthetic_frames(2, SMALL), 0.995)
+    report = check_parity(OnnxRuntimeRunner(path), model, sample_frames(2, SMALL), 0.995)
     assert report.passed, report.message
     assert report.agreement >= 0.995
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from iapc.adapt.labels import PALETTE
+from iapc.labels import PALETTE
 from iapc.errors import UserError
 from iapc.ros_bridge import cli
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge

@@ -23,6 +23,7 @@ import zmq
 from support import Collector, free_port, start_runtime
 from iapc.export.store import CorruptVersion, EngineStore
 from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime import run_folder
 
 FAULTS = "bad=0.03,resize=0.03,outage=0.004,outage_s=0.6"
 
@@ -104,7 +105,7 @@ def daemon_pid(run_dir: Path, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            pid = int((run_dir / "daemon.heartbeat").read_text())
+            pid = int((run_dir / run_folder.HEARTBEAT).read_text())
             os.kill(pid, 0)
             return pid
         except (FileNotFoundError, ProcessLookupError):  # not started, or a killed predecessor's
@@ -126,7 +127,7 @@ def shared(tmp_path_factory, tiny_checkpoint):
     collector = Collector(port)
     collector.wait_frames(1, timeout=90)
     damaged: set = set()
-    watcher = CurrentWatcher(run_dir / "store", damaged)
+    watcher = CurrentWatcher(run_dir / run_folder.STORE, damaged)
     others = FlappingSubscribers(port)
     yield {"process": process, "run_dir": run_dir, "collector": collector, "damaged": damaged,
            "watcher": watcher, "others": others}
@@ -166,7 +167,7 @@ def test_hung_daemon_is_killed_by_the_watchdog(shared):
 
 def test_corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared, tmp_path):
     run_dir, collector = shared["run_dir"], shared["collector"]
-    store = EngineStore(run_dir / "store")
+    store = EngineStore(run_dir / run_folder.STORE)
     pid = daemon_pid(run_dir)
     os.kill(pid, signal.SIGSTOP)  # no new versions for a moment (well within the watchdog's 10 s)
     try:
@@ -205,7 +206,7 @@ def test_everything_survived_in_order(shared):
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err.decode()[-2000:]
     time.sleep(0.5)
-    summary = json.loads((run_dir / "inference_summary.json").read_text())
+    summary = json.loads((run_dir / run_folder.INFERENCE_SUMMARY).read_text())
     ids = [h.frame_id for h in collector.headers]
     assert ids == sorted(set(ids)), "masks out of order or repeated"
     assert collector.sub.counters.replaced == 0
@@ -235,7 +236,7 @@ def test_everything_survived_in_order(shared):
     watcher = shared["watcher"]
     watcher.stopped.set()
     assert watcher.checks > 100 and watcher.problems == []
-    store = EngineStore(run_dir / "store")
+    store = EngineStore(run_dir / run_folder.STORE)
     assert store.current().number not in shared["damaged"]
     assert not list(store.root.glob(".staging-*"))
     assert shared["others"].reconnects > 20
@@ -269,7 +270,7 @@ def fill(disk: Path) -> Path:
 
 
 def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoint, small_disk):
-    run_dir, port, store_dir = tmp_path / "run", free_port(), small_disk / "store"
+    run_dir, port, store_dir = tmp_path / "run", free_port(), small_disk / run_folder.STORE
     config = write_config(tmp_path / "runtime.yaml")
     args = runtime_args(config, run_dir, port, tiny_checkpoint, 100_000, "--store", str(store_dir))
     process = start_runtime(*args)
@@ -320,7 +321,7 @@ def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoi
     # A warm store serves the first frame at once, possibly before the subscriber's connection
     # is up (ZeroMQ's slow joiner): the runtime's own count proves nothing was lost, and what
     # arrived is in order from there on.
-    summary = json.loads((run_dir / "inference_summary.json").read_text())
+    summary = json.loads((run_dir / run_folder.INFERENCE_SUMMARY).read_text())
     assert summary["frames_published"] == 15 and summary["frames_failed"] == 0
     ids = [h.frame_id for h in collector.headers]
     assert ids and ids == list(range(ids[0], 15))

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from iapc.adapt.models import build_model
-from iapc.export.parity import synthetic_frames
+from iapc.synth import sample_frames
 from iapc.export.store import EngineStore
 from iapc.runtime.config import HealthConfig, RuntimeConfig
 from iapc.runtime.health import check_health, js_divergence, non_finite_tensors, predict
+from iapc.runtime import run_folder
 
 SIZE = (128, 64)  # (width, height)
 SHARPEN = 30.0
@@ -28,7 +29,7 @@ def diverse_model(seed: int = 0) -> torch.nn.Module:
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in batch_norms:
         bn.momentum = None  # running statistics of these frames, as a trained model would have
-    frames = torch.from_numpy(synthetic_frames(8, SIZE, seed=seed + 10))
+    frames = torch.from_numpy(sample_frames(8, SIZE, seed=seed + 10))
     with torch.no_grad():
         model.train()(normalize(camera_to_rgb(frames), model.norm))
         for conv in model.classifier:
@@ -41,7 +42,7 @@ def diverse_model(seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def frames():
-    return synthetic_frames(6, SIZE, seed=1)
+    return sample_frames(6, SIZE, seed=1)
 
 
 def collapsed(model: torch.nn.Module, class_id: int = 3) -> torch.nn.Module:
@@ -119,9 +120,9 @@ class Events:
 
     def __init__(self, run_dir):
         from iapc.runtime.handoff import EventReceiver
-        from iapc.runtime.inference import ipc_address
+        from iapc.runtime.run_folder import ipc_address
 
-        self.receiver = EventReceiver(ipc_address(run_dir, "events.sock"))
+        self.receiver = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
 
     def all(self, timeout_ms=2000):
         found = self.receiver.poll(timeout_ms)
@@ -137,7 +138,7 @@ def daemon(tmp_path, frames):
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.runtime.daemon import AdaptationDaemon
     from iapc.runtime.handoff import EventSender
-    from iapc.runtime.inference import ipc_address
+    from iapc.runtime.run_folder import ipc_address
 
     checkpoint = tmp_path / "source.pt"
     save_checkpoint(checkpoint, "tiny", diverse_model())
@@ -146,8 +147,8 @@ def daemon(tmp_path, frames):
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
     d = AdaptationDaemon(cfg, str(checkpoint))
-    d.events = EventSender(ipc_address(tmp_path / "run", "events.sock"))
-    for image in synthetic_frames(12, SIZE, seed=2):
+    d.events = EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET))
+    for image in sample_frames(12, SIZE, seed=2):
         d.keep(image)
     assert len(d.holdout) == 3 and len(d.buffer) == 9  # every 4th frame is held out
     assert d.export_version() == 1  # the source weights, as at start-up

@@ -7,6 +7,7 @@ import time
 
 from support import free_port, start_runtime
 from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime import run_folder
 
 FRAMES = 240
 
@@ -55,7 +56,7 @@ def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):
     assert versions == sorted(versions), "engine version went backwards"
     assert len(set(versions)) >= 3, f"expected at least two hot swaps, saw versions {set(versions)}"
 
-    summary = json.loads((run_dir / "inference_summary.json").read_text())
+    summary = json.loads((run_dir / run_folder.INFERENCE_SUMMARY).read_text())
     assert summary["frames_published"] == FRAMES
     assert summary["frames_failed"] == 0 and summary["capture_dropped"] == 0
     assert len(summary["swaps"]) >= 2
@@ -78,4 +79,4 @@ def test_sigterm_shuts_down_cleanly(tmp_path, tiny_checkpoint):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=40)
     assert process.returncode == 0, err.decode()[-2000:]
-    assert (run_dir / "inference_summary.json").is_file()
+    assert (run_dir / run_folder.INFERENCE_SUMMARY).is_file()

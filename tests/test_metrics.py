@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iapc.adapt.labels import CLASS_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_TO_ID, label_ids_to_train_ids
-from iapc.adapt.metrics import ConfusionMatrix, format_table
+from iapc.labels import CLASS_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_TO_ID, label_ids_to_train_ids
+from iapc.metrics import ConfusionMatrix, format_table
 from iapc.errors import UserError
 
 

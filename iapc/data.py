@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from iapc.adapt.labels import IGNORE_INDEX, label_ids_to_train_ids
+from iapc.labels import IGNORE_INDEX, label_ids_to_train_ids
 from iapc.errors import UserError
 
 

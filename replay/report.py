@@ -1,23 +1,21 @@
-"""The replay report: ``report.json``, a Markdown summary and PNG plots (matplotlib, Agg).
+"""The replay report as a dict (``report.json``): mIoU, frames, latency, swaps, adaptation.
 
-Built from what the runtime published during a replay (:class:`~iapc.runtime.replay.RunRecord`):
+Built from what the runtime published during a replay (:class:`~iapc.replay.record.RunRecord`):
 mask headers (frame id, engine version, capture and publish times), the scored annotated frames
 (one confusion matrix each) and the status messages (heartbeats, swaps, adaptation events).
 mIoU figures are percentages over the classes chosen with ``--classes``, computed by
-:class:`iapc.adapt.metrics.ConfusionMatrix` (the same numbers as cityscapesscripts).
+:class:`iapc.metrics.ConfusionMatrix` (the same numbers as cityscapesscripts).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import json
 import platform
-from pathlib import Path
 
 import numpy as np
 
-from iapc.adapt.metrics import ConfusionMatrix
+from iapc.metrics import ConfusionMatrix
 
 FORGETTING_TOLERANCE = 0.5  # mIoU points a domain may lose from its first to its last round
 MAX_LISTED_MISSING = 50
@@ -255,183 +253,3 @@ def build_report(plan, adapted_record, baseline_record, cfg) -> dict:
         "source_only": baseline,
         "continual": {"table": table, "goals": continual_goals(table, plan.domains)},
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing: JSON, Markdown, PNG
-# ----------------------------------------------------------------------------------------------
-
-def _fmt(value, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def headline(report: dict) -> str:
-    adapted, source = report["adapted"], report["source_only"]
-    lat = adapted["latency"]
-    line = f"mIoU adapted {_fmt(adapted['scores']['miou'])}"
-    if source is not None:
-        line += f" vs source-only {_fmt(source['scores']['miou'])}"
-    return (f"{line} | latency p50 {_fmt(lat.get('p50_ms'))} ms p99 {_fmt(lat.get('p99_ms'))} ms"
-            f" | {_fmt(lat.get('fps'))} fps | missing frames {adapted['frames']['missing']}"
-            f" | swaps {len(adapted['engine_versions']['swaps'])}")
-
-
-def _runs_table(report: dict) -> list[str]:
-    """One row per run: the headline figures."""
-    runs = [("adapted", report["adapted"])]
-    if report["source_only"] is not None:
-        runs.append(("source-only", report["source_only"]))
-    lines = ["| run | mIoU (%) | latency p50 / p90 / p99 (ms) | fps | frames received / expected "
-             "| missing | swaps | new weights -> in service (s, median) | adaptation steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, run in runs:
-        lat, frames, versions = run["latency"], run["frames"], run["engine_versions"]
-        service = versions["to_service_s"]["median"] if versions["to_service_s"] else None
-        lines.append(f"| {name} | {_fmt(run['scores']['miou'], 2)} | {_fmt(lat.get('p50_ms'))} / "
-                     f"{_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} | "
-                     f"{_fmt(lat.get('fps'))} | {frames['received']} / {frames['expected']} | "
-                     f"{frames['missing']} | {len(versions['swaps'])} | {_fmt(service, 2)} | "
-                     f"{run['adaptation']['steps']} |")
-    return lines
-
-
-def _continual_section(continual: dict) -> list[str]:
-    """Per round and domain table, then the two goals."""
-    lines = ["## mIoU per round and domain (%)", "",
-             "| round | domain | adapted | source-only | gain |", "| --- | --- | --- | --- | --- |"]
-    for row in continual["table"]:
-        lines.append(f"| {row['round']} | {row['domain']} | {_fmt(row['adapted'], 2)} | "
-                     f"{_fmt(row['source_only'], 2)} | {_fmt(row['gain'], 2)} |")
-    goals = continual["goals"]
-    lines += ["", "## Continual goals", "",
-              f"- no domain's last-round mIoU below its first round by more than "
-              f"{goals['tolerance_points']} point: **{_yes_no(goals['no_forgetting'])}**",
-              f"- every domain above source-only in every round: "
-              f"**{_yes_no(goals['above_source_only'])}**", ""]
-    for domain, d in goals["per_domain"].items():
-        lines.append(f"  - {domain}: round 1 {_fmt(d['first_round'], 2)} -> last round "
-                     f"{_fmt(d['last_round'], 2)} ({d['change']:+.2f}), smallest gain over "
-                     f"source-only {_fmt(d['min_gain_over_source'], 2)}")
-    return lines
-
-
-def _stream_section(adapted: dict) -> list[str]:
-    versions = adapted["engine_versions"]
-    return ["## Stream", "",
-            f"- engine versions in the stream: {versions['distinct']} (non-decreasing: "
-            f"{_yes_no(versions['non_decreasing'])}, swaps match the stream: "
-            f"{_yes_no(versions['swaps_match_stream'])})",
-            f"- runtime counters: {adapted['frames']['runtime']}",
-            f"- adaptation events: {adapted['adaptation']['events']}", "",
-            "Plots: `miou_over_time.png`, `latency_histogram.png`, `swap_timeline.png`.", ""]
-
-
-def markdown_summary(report: dict) -> str:
-    r = report["replay"]
-    pace = "as fast as possible" if r["rate_fps"] is None else f"{r['rate_fps']:g} fps"
-    intro = (f"{report['created']} on {report['machine']}: {', '.join(r['domains'])} "
-             f"({r['split']}), {r['rounds']} round(s) of {r['frames_per_round']} frames "
-             f"({r['annotated_per_round']} annotated), {pace}, mIoU over {r['classes']} classes.")
-    lines = ["# Replay report", "", intro, "", *_runs_table(report), "",
-             *_continual_section(report["continual"]), "", *_stream_section(report["adapted"])]
-    return "\n".join(lines)
-
-
-def _yes_no(value) -> str:
-    return "n/a" if value is None else ("yes" if value else "no")
-
-
-def _running_miou(per_frame: list[dict], matrices: dict[int, np.ndarray], num_classes: int,
-                  classes: str) -> list[float | None]:
-    """mIoU of the (round, domain) segment so far, at each annotated frame."""
-    values, segment, acc = [], None, []
-    for entry in per_frame:
-        key = (entry["round"], entry["domain"])
-        if key != segment:
-            segment, acc = key, []
-        acc.append(matrices[entry["frame_id"]])
-        values.append(miou_of(acc, num_classes, classes))
-    return values
-
-
-def plot_miou_over_time(report: dict, adapted_record, baseline_record, plan, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    classes = report["replay"]["classes"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    runs = [("adapted", adapted_record, report["adapted"], "tab:blue")]
-    if baseline_record is not None:
-        runs.append(("source-only", baseline_record, report["source_only"], "tab:gray"))
-    for label, record, summary, color in runs:
-        per_frame = summary["scores"]["per_frame"]
-        matrices = {s.frame_id: s.confusion for s in record.scored}
-        running = _running_miou(per_frame, matrices, record.num_classes, classes)
-        for round_index in range(plan.rounds if record is baseline_record else 1):
-            # The fixed source-only engine is drawn under every round of the adapted run.
-            shift = round_index * plan.frames_per_round
-            x = [e["frame_id"] + shift for e in per_frame]
-            ax.scatter(x, [e["miou"] for e in per_frame], s=6, color=color, alpha=0.3)
-            ax.plot(x, running, color=color, label=label if round_index == 0 else None)
-    domain_starts = [i for i, f in enumerate(plan.frames)
-                     if i == 0 or plan.frames[i - 1].domain != f.domain]
-    for round_index in range(plan.rounds):
-        for start in domain_starts:
-            ax.axvline(round_index * plan.frames_per_round + start, color="k", lw=0.3)
-    ax.set_xlabel("frame id (domain boundaries as vertical lines)")
-    ax.set_ylabel(f"mIoU (%, {classes} classes)")
-    ax.set_title("mIoU over time: per annotated frame (dots), running per round and domain (lines)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_latency_histogram(records: list, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for record in records:
-        latency_ms = [(m[3] - m[2]) / 1e6 for m in record.masks]
-        if latency_ms:
-            ax.hist(latency_ms, bins=50, alpha=0.6, label=record.name)
-    ax.set_xlabel("capture -> publish latency (ms)")
-    ax.set_ylabel("frames")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_swap_timeline(report: dict, adapted_record, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5))
-    ordered = sorted(adapted_record.masks)
-    top.step([m[0] for m in ordered], [m[1] for m in ordered], where="post")
-    for swap in report["adapted"]["engine_versions"]["swaps"]:
-        top.axvline(swap["at_frame"], color="tab:orange", lw=0.5)
-    top.set_xlabel("frame id")
-    top.set_ylabel("engine version")
-    top.set_title("engine in service (orange: announced hot-swaps)")
-    curve = report["adapted"]["adaptation"]["curve"]
-    if curve and "total" in curve[0]:
-        bottom.plot([c["step"] for c in curve], [c.get("total") for c in curve])
-    bottom.set_xlabel("adaptation step")
-    bottom.set_ylabel("IAPC loss (total)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_report(report: dict, out: Path, adapted_record, baseline_record, plan) -> None:
-    """report.json, report.md and the three PNG plots in ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a vehicle or a CI machine
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(markdown_summary(report))
-    plot_miou_over_time(report, adapted_record, baseline_record, plan, out / "miou_over_time.png")
-    records = [adapted_record] + ([baseline_record] if baseline_record is not None else [])
-    plot_latency_histogram(records, out / "latency_histogram.png")
-    plot_swap_timeline(report, adapted_record, out / "swap_timeline.png")

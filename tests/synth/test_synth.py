@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from iapc.adapt import synth
-from iapc.adapt.data import find_cityscapes, load_sample
-from iapc.adapt.labels import NAME_TO_ID
+from iapc import synth
 from iapc.cli import main as iapc_main
+from iapc.data import find_cityscapes, load_sample
 from iapc.errors import UserError
+from iapc.labels import NAME_TO_ID
 
 SIZE = (256, 128)
 TARGETS = [name for name in synth.DOMAINS if name != "source"]
@@ -309,3 +309,13 @@ def test_cli_unwritable_output_is_a_one_line_error(tmp_path, capsys):
     assert _iapc(["synth", "--out", str(blocker / "sub"), "--train", "1", "--val", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("iapc: error: cannot create output folder") and "\n" not in err
+
+
+def test_sample_frames_are_structured_and_reproducible():
+    """The frames the parity and health gates check engines on."""
+    a, b = synth.sample_frames(2, (64, 32), seed=5), synth.sample_frames(2, (64, 32), seed=5)
+    assert a.shape == (2, 32, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])
+    # neighbouring pixels are mostly alike (regions), unlike uniform noise
+    assert np.abs(np.diff(a[0].astype(int), axis=1)).mean() < 20

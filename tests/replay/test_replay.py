@@ -11,11 +11,12 @@ import sys
 import cv2
 import pytest
 
-from iapc.adapt.labels import TRAIN_ID_TO_ID
-from iapc.adapt.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 from iapc.errors import UserError
-from iapc.runtime.report import continual_goals
+from iapc.labels import TRAIN_ID_TO_ID
+from iapc.replay.report import continual_goals
+from iapc.runtime import run_folder
 from iapc.runtime.sources import make_source
+from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 
 SIZE = (128, 64)  # (width, height) of the generated frames and of the engine input
 SEQUENCES = 2  # 30-frame snippets in the replayed fog root
@@ -39,7 +40,7 @@ def roots(tmp_path_factory):
 def briefly_trained_checkpoint(tmp_path_factory):
     """A 'tiny' model after a few source-training steps: it predicts several classes, so the
     mIoU comparison below is not between two all-zero scores."""
-    from iapc.adapt.data import find_cityscapes
+    from iapc.data import find_cityscapes
     from iapc.adapt.train_source import TrainConfig, train_source
 
     base = tmp_path_factory.mktemp("replay_source")
@@ -113,7 +114,7 @@ def test_replay_report_matches_cityscapesscripts_and_the_published_stream(
             assert entry["miou"] == pytest.approx(100 * single, abs=1e-3)
 
         # Every frame arrived, in order, and the counts agree with the runtime's own summary.
-        summary = json.loads((out / "logs" / run_name / "inference_summary.json").read_text())
+        summary = json.loads((out / "logs" / run_name / run_folder.INFERENCE_SUMMARY).read_text())
         assert run["frames"]["expected"] == run["frames"]["received"] == frames
         assert run["frames"]["missing"] == 0 and run["frames"]["in_order"]
         assert summary["frames_published"] == frames and summary["frames_failed"] == 0
@@ -125,7 +126,7 @@ def test_replay_report_matches_cityscapesscripts_and_the_published_stream(
     # and the announced swaps are exactly those the inference process logged.
     assert adapted["non_decreasing"] and adapted["swaps_match_stream"]
     assert len(adapted["distinct"]) >= 2, "no hot-swap during the adapted replay"
-    summary = json.loads((out / "logs" / "adapted" / "inference_summary.json").read_text())
+    summary = json.loads((out / "logs" / "adapted" / run_folder.INFERENCE_SUMMARY).read_text())
     assert [(s["to"], s["at_frame"]) for s in adapted["swaps"]] == \
         [(s["to"], s["at_frame"]) for s in summary["swaps"]]
     for change in adapted["changes_in_stream"]:
@@ -215,7 +216,7 @@ def test_bad_input_is_one_line_that_says_what_to_do(roots, tmp_path, capsys, arg
 
 
 def test_unlabelled_roots_are_refused(tmp_path):
-    from iapc.runtime.replay import build_plan
+    from iapc.replay.plan import build_plan
 
     write_domain(tmp_path / "fog", "fog", split_sizes={"val": 1}, size=SIZE, sequences=1)
     for label in (tmp_path / "fog" / "gtFine").rglob("*_labelIds.png"):
@@ -225,7 +226,7 @@ def test_unlabelled_roots_are_refused(tmp_path):
 
 
 def test_plan_maps_frame_ids_of_any_split_and_round_back_to_files(tmp_path):
-    from iapc.runtime.replay import build_plan
+    from iapc.replay.plan import build_plan
 
     write_domain(tmp_path / "rain", "rain", split_sizes={"train": 1}, size=SIZE, sequences=1)
     plan = build_plan([tmp_path / "rain"], "train", rounds=2)

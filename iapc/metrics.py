@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iapc.adapt.labels import CLASS_NAMES, CLASS_SUBSETS, IGNORE_INDEX
+from iapc.labels import CLASS_NAMES, CLASS_SUBSETS, IGNORE_INDEX
 from iapc.errors import UserError
 
 

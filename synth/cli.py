@@ -4,7 +4,7 @@
                [--size 256x128] [--sequences S] [--seed K]
 
 Each domain goes to ``DIR/<domain>/`` (``leftImg8bit``, ``gtFine`` and, with ``--sequences``,
-``leftImg8bit_sequence``), readable by :func:`iapc.adapt.data.find_cityscapes`.
+``leftImg8bit_sequence``), readable by :func:`iapc.data.find_cityscapes`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _check_writable(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from iapc.adapt.synth import DOMAINS, write_domain
+    from iapc.synth import DOMAINS, write_domain
 
     size = parse_size(args.size)
     domains = parse_domains(args.domains, tuple(DOMAINS))

@@ -1,0 +1,73 @@
+"""``iapc replay``: the command's options, and running it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from iapc.errors import UserError
+from iapc.method_config import METHOD_NAMES
+from iapc.replay.plan import RECORDED_FPS, ReplayConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from iapc.runtime.config import parse_size
+
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--cityscapes", type=Path, metavar="ROOT",
+                      help="a Cityscapes root: leftImg8bit_sequence snippets (else leftImg8bit)")
+    what.add_argument("--cycle", type=Path, nargs="+", metavar="ROOT",
+                      help="continual protocol: these target roots in turn, --rounds times")
+    parser.add_argument("--split", default="val", help="split to replay (default: val)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="passes over the roots within one runtime run (default 1)")
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=RECORDED_FPS,
+                      help=f"frames per second (default {RECORDED_FPS:g}, the recorded rate)")
+    pace.add_argument("--fast", action="store_true", help="as fast as the runtime goes")
+    parser.add_argument("--checkpoint", help="source checkpoint (default: the embedded one)")
+    parser.add_argument("--model", help="architecture of the checkpoint (default: tiny)")
+    parser.add_argument("--input-size", type=parse_size, metavar="WxH",
+                        help="engine input size, e.g. 1024x512")
+    parser.add_argument("--classes", choices=("19", "16", "13"), default="19",
+                        help="classes in the mIoU: 19 (Cityscapes), 16/13 (SYNTHIA mIoU/mIoU*)")
+    parser.add_argument("--runtime-config", metavar="FILE.yaml",
+                        help="iapc-runtime config file (adaptation settings, backend, ...)")
+    parser.add_argument("--export-every-steps", type=int, metavar="N",
+                        help="adaptation steps between engine exports")
+    parser.add_argument("--method", choices=METHOD_NAMES, default=None,
+                        help="adaptation method of the adapted run (default: the runtime's, iapc)")
+    parser.add_argument("--out", type=Path, default=Path("replay"),
+                        help="report folder (default ./replay)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the source-only run")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="keep the masks of annotated frames as train-id PNGs under OUT/masks")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    if args.rate is not None and args.rate <= 0:
+        raise UserError(f"--rate must be positive frames per second (or use --fast), got {args.rate}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist: give a .pth/.pt file")
+    roots = [args.cityscapes] if args.cityscapes is not None else list(args.cycle)
+    return ReplayConfig(roots=roots, split=args.split, rounds=args.rounds,
+                        rate=None if args.fast else args.rate, checkpoint=args.checkpoint,
+                        model=args.model, input_size=args.input_size, classes=args.classes,
+                        runtime_config=args.runtime_config,
+                        export_every_steps=args.export_every_steps, method=args.method,
+                        baseline=args.baseline,
+                        out=args.out, save_masks=args.save_masks, progress=args.progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iapc.replay.markdown import headline
+    from iapc.replay.run import run_replay
+
+    cfg = config_from_args(args)
+    report = run_replay(cfg)
+    print(headline(report))
+    print(f"report: {cfg.out / 'report.json'}, {cfg.out / 'report.md'}")
+    return 0

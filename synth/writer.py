@@ -1,0 +1,93 @@
+"""Synthetic domains on disk, in the Cityscapes layout (``leftImg8bit``, ``gtFine``,
+``leftImg8bit_sequence``) plus ``synth_config.json``, the settings they were made with."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from iapc.errors import UserError
+from iapc.labels import colorize, label_ids_to_train_ids
+from iapc.synth.layout import ANNOTATED_FRAME, SEQUENCE_FPS, SEQUENCE_LENGTH, sample_layout, scene_key, scene_rng
+from iapc.synth.rendering import check_size, render_scene
+from iapc.synth.styles import DomainStyle, get_domain
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), array):
+        raise UserError(f"cannot write {path}: check that the output folder is writable")
+
+
+def _write_labelled(root: Path, split: str, name: str, image: np.ndarray, label: np.ndarray) -> None:
+    city = name.split("_")[0]
+    _write_png(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", image)
+    gt = root / "gtFine" / split / city
+    _write_png(gt / f"{name}_gtFine_labelIds.png", label)
+    color_rgb = colorize(label_ids_to_train_ids(label))
+    _write_png(gt / f"{name}_gtFine_color.png", color_rgb[..., ::-1])
+
+
+def _write_scene(root: Path, style: DomainStyle, domain: str, split: str, index: int,
+                size: tuple[int, int], with_sequence: bool, seed: int) -> None:
+    """Write scene ``index`` of ``split``: its annotated frame (the 20th of its sequence) and,
+    if ``with_sequence``, all 30 frames under ``leftImg8bit_sequence``."""
+    rng = scene_rng(seed, domain, split, index)
+    layout = sample_layout(rng, style)
+    frames = range(SEQUENCE_LENGTH) if with_sequence else [ANNOTATED_FRAME]
+    for frame in frames:
+        # per-frame effects (noise, rain) drawn from the scene's key and the frame number
+        frame_rng = np.random.default_rng(scene_key(seed, domain, split, index) + [1 + frame])
+        image, label = render_scene(frame_rng, style, size, frame / SEQUENCE_FPS, layout)
+        name = f"{style.city}_{index:06d}_{frame:06d}"
+        if with_sequence:
+            _write_png(root / "leftImg8bit_sequence" / split / style.city
+                       / f"{name}_leftImg8bit.png", image)
+        if frame == ANNOTATED_FRAME:
+            _write_labelled(root, split, name, image, label)
+
+
+def _write_config(root: Path, domain: str, style: DomainStyle, split_sizes: dict[str, int],
+                  size: tuple[int, int], sequences: int, seed: int) -> None:
+    """``root/synth_config.json``: everything needed to regenerate the tree."""
+    config = {"domain": domain, "seed": seed, "size": list(size), "split_sizes": split_sizes,
+              "sequences": sequences, "style": asdict(style)}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "synth_config.json").write_text(json.dumps(config, indent=1))
+    except OSError as err:
+        raise UserError(f"cannot write {root}: {err.strerror}; choose a writable output folder")
+
+
+def write_domain(root: str | os.PathLike, domain: str, split_sizes: dict[str, int] | None = None,
+                 size: tuple[int, int] = (256, 128), sequences: int = 0, seed: int = 0,
+                 progress=None) -> int:
+    """Write ``domain`` under ``root`` in the Cityscapes layout (plus ``synth_config.json``, the
+    settings and style it was made with); returns the number of images written.
+
+    ``split_sizes`` maps split -> number of annotated frames (default train 100, val 20).
+    The first ``sequences`` scenes of each split (all of them if the split is smaller) also get
+    their 30-frame ``leftImg8bit_sequence`` snippet, the annotated frame being frame 19.
+    A scene is the same whatever ``sequences`` is: it depends only on (seed, domain, split, index).
+    ``progress``: optional callable(n) told after each scene (e.g. a tqdm bar's ``update``).
+    """
+    style = get_domain(domain)
+    check_size(size)
+    split_sizes = {"train": 100, "val": 20} if split_sizes is None else split_sizes
+    if any(n < 0 for n in split_sizes.values()) or sequences < 0:
+        raise UserError("split sizes and --sequences must be zero or positive")
+    root = Path(root)
+    _write_config(root, domain, style, split_sizes, size, sequences, seed)
+    written = 0
+    for split, count in split_sizes.items():
+        for index in range(count):
+            with_sequence = index < sequences
+            _write_scene(root, style, domain, split, index, size, with_sequence, seed)
+            written += SEQUENCE_LENGTH + 1 if with_sequence else 1
+            if progress is not None:
+                progress(1)
+    return written

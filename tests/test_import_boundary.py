@@ -1,0 +1,65 @@
+"""The process boundary: nothing the inference process, the bridge or the replay tooling loads
+imports torch. Each module is imported alone in a fresh interpreter, so a failure names the
+module that pulled torch in (directly or through what it imports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+# Packages whose every module stays torch-free ...
+TORCH_FREE_PACKAGES = ("iapc.runtime", "iapc.ros_bridge", "iapc.synth", "iapc.replay")
+# ... except the runtime's two torch processes.
+TORCH_SIDE = {"iapc.runtime.daemon", "iapc.runtime.health"}
+# Shared top-level modules and the engine code the inference process loads.
+TORCH_FREE_MODULES = ("iapc", "iapc.cache", "iapc.cli", "iapc.data", "iapc.errors", "iapc.labels",
+                      "iapc.metrics", "iapc.options", "iapc.export.runners",
+                      "iapc.export.runner_base", "iapc.export.runner_onnxrt",
+                      "iapc.export.runner_tensorrt", "iapc.export.store")
+
+PROBE = """
+import importlib, json, sys
+name = sys.argv[1]
+try:
+    importlib.import_module(name)
+except ModuleNotFoundError as err:
+    print(json.dumps({"missing": err.name}))
+else:
+    print(json.dumps({"torch": "torch" in sys.modules}))
+"""
+
+
+def _package_modules(package: str) -> list[str]:
+    path = importlib.util.find_spec(package).submodule_search_locations
+    return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(path)]
+
+
+def torch_free_modules() -> list[str]:
+    names = [m for p in TORCH_FREE_PACKAGES for m in _package_modules(p) if m not in TORCH_SIDE]
+    return sorted(set(names) | set(TORCH_FREE_MODULES))
+
+
+def test_the_list_covers_the_inference_process_modules():
+    for name in ("iapc.runtime.sources", "iapc.runtime.loop", "iapc.runtime.swap",
+                 "iapc.runtime.handoff", "iapc.runtime.publisher", "iapc.runtime.protocol",
+                 "iapc.runtime.metrics", "iapc.runtime.supervisor", "iapc.runtime.inference",
+                 "iapc.runtime.cli", "iapc.synth.stream", "iapc.ros_bridge.bridge"):
+        assert name in torch_free_modules()
+
+
+@pytest.mark.parametrize("module", torch_free_modules())
+def test_module_does_not_import_torch(module):
+    done = subprocess.run([sys.executable, "-c", PROBE, module], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "missing" in result:
+        if result["missing"].startswith("iapc"):
+            pytest.fail(f"{module} imports the missing module {result['missing']}")
+        pytest.skip(f"optional dependency {result['missing']} is not installed")
+    assert result["torch"] is False, f"importing {module} loads torch"
