@@ -106,7 +106,8 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
             raise UserError(f"checkpoint {path} has {classes} classes, not {num_classes}")
         state = data["state_dict"]
         meta = {"model": name, "num_classes": classes, "config": data.get("config", {}),
-                "step": int(data.get("step", 0)), "input_size": recorded_input_size(data)}
+                "step": int(data.get("step", 0)), "input_size": recorded_input_size(data),
+                "method": data.get("method")}
     else:
         name = model_name or RELEASED_MODEL
         state = _released_state_dict(data)

@@ -282,7 +282,7 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
         update_bn_statistics(target, batch, cfg)
     views = random_rescale_crop(batch, cfg.crop_hw, cfg.scale_range, label=pseudo_label,
                                 generator=generator)
-    x2 = photometric_augment(views.x1, generator)
+    x2 = photometric_augment(views.x1, generator) if preset.photometric else views.x1
 
     teacher = memory if preset.teacher == "memory" else source
     with torch.inference_mode(), _autocast(cfg, device):

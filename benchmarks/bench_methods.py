@@ -38,7 +38,7 @@ import torch
 from iapc.adapt.checkpoint import load_model
 from iapc.data import find_samples, load_sample
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size
-from iapc.adapt.losses import PRESETS
+from iapc.adapt.losses import PRESETS, LossWeights
 from iapc.adapt.method import AdaptConfig
 from iapc.adapt.offline import RunConfig, adapt_offline
 from iapc.synth import write_domain
@@ -53,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr=3e-4": {"lr": 3e-4},
     "lr=3e-5": {"lr": 3e-5},
     "no class balance": {"class_balance": False},
+    "IA only": {"weights": LossWeights(ia=0.2, im=0.0, ps=0.0, pe=0.0)},
+    "im=entropy": {"im": "entropy"},
+    "no photometric": {"photometric": False},
+    "no PE": {"weights": LossWeights(ia=0.2, im=0.5, ps=0.04, pe=0.0)},
 }
 
 

@@ -22,7 +22,7 @@ from iapc.adapt.models import build_model
 from iapc.adapt.preprocessing import camera_to_rgb
 from iapc.runtime.config import HealthConfig
 from iapc.adapt.methods import stochastic_restore
-from iapc.runtime.health import check_health
+from iapc.daemon.health import check_health
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -58,24 +57,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"checkpoint {args.checkpoint} does not exist: give the path of a .pth/.pt file")
 
 
-def _build_engine(onnx_path: Path, work: Path, store_root: Path, fp16: bool) -> Path:
-    from iapc.export.runner_tensorrt import EngineFromOnnx, SaveEngine
-
-    engine_path = work / "model.engine"
-    SaveEngine(EngineFromOnnx(onnx_path, fp16=fp16, timing_cache=store_root / "timing.cache"),
-               engine_path)()
-    return engine_path
-
-
 def run(args: argparse.Namespace) -> int:
     from iapc.adapt.checkpoint import input_size_for, load_model
     from iapc.errors import UserError
-    from iapc.export.manifest import engine_manifest
-    from iapc.export.onnx_export import export_onnx
-    from iapc.options import parse_size
-    from iapc.export.parity import check_parity, default_min_agreement
-    from iapc.export.runners import OnnxRuntimeRunner, TensorRTRunner, resolve_backend
+    from iapc.export.deploy import Candidate, DeployOptions, deploy
+    from iapc.export.parity import default_min_agreement
+    from iapc.export.runners import resolve_backend
     from iapc.export.store import EngineStore
+    from iapc.options import parse_size
 
     backend = resolve_backend(args.backend)
     _check_arguments(args)
@@ -86,39 +75,22 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     store = EngineStore(args.store, keep=args.keep)
     reduced_precision = backend == "tensorrt" and not args.fp32
-    min_agreement = args.min_agreement or default_min_agreement(reduced_precision)
-
+    options = DeployOptions(frame_size=frame_size, backend=backend, fp16=not args.fp32,
+                            confidence=args.confidence, dynamic_batch=args.dynamic_batch,
+                            threads=args.threads, parity_source=args.frames,
+                            min_agreement=args.min_agreement or default_min_agreement(reduced_precision))
+    candidate = Candidate(model, model=meta["model"], num_classes=meta["num_classes"],
+                          method=meta.get("method") or "none", step=meta["step"],
+                          config=meta["config"],
+                          extra={"checkpoint": str(Path(args.checkpoint).resolve())})
     with tempfile.TemporaryDirectory(prefix="iapc-export-") as tmp:
-        work = Path(tmp)
-        started = time.perf_counter()
-        onnx_path = export_onnx(model, work / "model.onnx", frame_size=frame_size,
-                                dynamic_batch=args.dynamic_batch, confidence=args.confidence,
-                                model_name=meta["model"])
-        export_s = time.perf_counter() - started
-        engine_path = None
-        if backend == "tensorrt":
-            engine_path = _build_engine(onnx_path, work, store.root, fp16=not args.fp32)
-            runner = TensorRTRunner(engine_path)
-        else:
-            # onnxruntime and torch both deploy the ONNX file: the gate checks that file
-            runner = OnnxRuntimeRunner(onnx_path, intra_op_threads=args.threads)
-        with runner:  # activation (session creation / engine load) counts towards "ready"
-            ready_s = time.perf_counter() - started
-            report = check_parity(runner, model, frames, min_agreement)
-        if not report.passed:
-            raise UserError(f"parity gate failed, nothing published: {report.message}; check the "
-                            "checkpoint and export, or lower --min-agreement")
-        version = store.publish(onnx_path, engine_path, manifest_extra=engine_manifest(
-            model=meta["model"], num_classes=meta["num_classes"], method=meta.get("method", "none"),
-            step=meta["step"], input_size=frame_size, config=meta["config"],
-            parity={"agreement": report.agreement, "min_agreement": report.min_agreement,
-                    "frames": report.frames, "source": args.frames},
-            health=None, backend=backend, precision="fp16" if reduced_precision else "fp32",
-            confidence=args.confidence, dynamic_batch=args.dynamic_batch,
-            timing={"latency_ms": round(report.runner_ms, 3), "export_s": round(export_s, 3),
-                    "ready_s": round(ready_s, 3)},
-            checkpoint=str(Path(args.checkpoint).resolve())))
+        result = deploy(candidate, store, frames, options, Path(tmp))
+    if result.rejected_by is not None:
+        raise UserError(f"parity gate failed, nothing published: {result.reason}; check the "
+                        "checkpoint and export, or lower --min-agreement")
+    version, report, timing = result.version, result.parity, result.timing
     print(f"published {version.name} to {store.root}: {meta['model']} {frame_size[0]}x{frame_size[1]}, "
           f"backend {backend}, {report.message} on {report.frames} frames, "
-          f"export {export_s:.2f} s, engine ready {ready_s:.2f} s, {report.runner_ms:.1f} ms/frame")
+          f"export {timing['export_s']:.2f} s, engine ready {timing['ready_s']:.2f} s, "
+          f"{report.runner_ms:.1f} ms/frame")
     return 0

@@ -60,6 +60,8 @@ class Preset:
     rare_fraction: float | None = None
     # Teacher pixels whose top probability is below this are ignored in y_hat (0: none are).
     min_confidence: float = 0.0
+    # x2 = photometric augmentation of x1 (paper); False: x2 = x1.
+    photometric: bool = True
     # Optimisation defaults of the reading, used where AdaptConfig leaves them None: the paper's
     # 9000-iteration protocol, or an unbounded stream (short warm-up, constant lr, faster EMA).
     lr: float = 1e-4

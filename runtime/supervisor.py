@@ -97,7 +97,7 @@ class Supervisor:
         self.run_dir = prepare_run_dir(cfg)
         config_arg = ["--config", str(self.run_dir / run_folder.CONFIG)]
         self.inference = Child("inference", "iapc.runtime.inference", config_arg, self.run_dir)
-        self.daemon = Child("daemon", "iapc.runtime.daemon",
+        self.daemon = Child("daemon", "iapc.daemon.process",
                             config_arg + ["--checkpoint", checkpoint], self.run_dir)
         self.on_status = on_status
         self.stopping = threading.Event()

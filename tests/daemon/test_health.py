@@ -12,7 +12,7 @@ from iapc.adapt.models import build_model
 from iapc.synth import sample_frames
 from iapc.export.store import EngineStore
 from iapc.runtime.config import HealthConfig, RuntimeConfig
-from iapc.runtime.health import check_health, js_divergence, non_finite_tensors, predict
+from iapc.daemon.health import check_health, js_divergence, non_finite_tensors, predict
 from iapc.runtime import run_folder
 
 SIZE = (128, 64)  # (width, height)
@@ -136,7 +136,7 @@ class Events:
 @pytest.fixture()
 def daemon(tmp_path, frames):
     from iapc.adapt.checkpoint import save_checkpoint
-    from iapc.runtime.daemon import AdaptationDaemon
+    from iapc.daemon.process import AdaptationDaemon
     from iapc.runtime.handoff import EventSender
     from iapc.runtime.run_folder import ipc_address
 
@@ -150,7 +150,7 @@ def daemon(tmp_path, frames):
     d.events = EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET))
     for image in sample_frames(12, SIZE, seed=2):
         d.keep(image)
-    assert len(d.holdout) == 3 and len(d.buffer) == 9  # every 4th frame is held out
+    assert len(d.frames.holdout) == 3 and len(d.frames) == 9  # every 4th frame is held out
     assert d.export_version() == 1  # the source weights, as at start-up
     assert [e["type"] for e in events.all()] == ["version"]
     yield d, events

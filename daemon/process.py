@@ -1,11 +1,12 @@
-"""The adaptation daemon: IAPC on the live stream, exported into the engine store.
+"""The adaptation daemon's process: the configured method on the live stream, deployed into the
+engine store.
 
-Started by the supervisor as ``python -m iapc.runtime.daemon --config RUN/config.json``. It
-receives sampled frames from the inference process, keeps a buffer of recent ones, runs the
-streaming variant of IAPC (pseudo-labels from the source model on the fly, batches drawn from the
-buffer, constant learning rate after warm-up), and every N steps or T seconds exports the target
-network, checks parity and health (:mod:`iapc.runtime.health`), publishes a new engine version
-and announces it. A candidate that fails a gate, or a step with a non-finite loss, is not deployed:
+Started by the supervisor as ``python -m iapc.daemon.process --config RUN/config.json``. It
+receives sampled frames from the inference process, keeps a buffer of recent ones
+(:mod:`iapc.daemon.buffer`), runs the configured method (:mod:`iapc.adapt.methods`; by default
+streaming IAPC) on batches drawn from it, and every N steps or T seconds deploys the adapted
+network (:func:`iapc.export.deploy.deploy`: export, parity, health gate of
+:mod:`iapc.daemon.health`, store) and announces the new version. A candidate that fails a gate, or a step with a non-finite loss, is not deployed:
 the adaptation state rolls back to the last deployed version. Every decision is sent as an event
 to the inference process, which republishes it on the status topic. A failed export (disk full)
 is reported and retried at the next export; the engine in service stays.
@@ -14,8 +15,8 @@ Every second or so it touches ``RUN/daemon.heartbeat`` (holding its pid): the su
 restarts a daemon whose heartbeat stops.
 
 It must not starve inference: torch threads are capped and the process runs at a lower CPU
-priority. Everything it needs to resume (target, memory, optimiser, class-balance state, step) is
-written to ``RUN/adaptation.pt`` after every deployed version.
+priority. Everything it needs to resume is written to ``RUN/adaptation.pt`` after every deployed
+version, as an ordinary checkpoint of the deployed network plus the method's state.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +42,17 @@ import torch
 from iapc.adapt.checkpoint import load_model, read_checkpoint_file, save_checkpoint
 from iapc.adapt.method import AdaptConfig
 from iapc.adapt.methods import deployed, make_adapter
-from iapc.adapt.preprocessing import camera_to_rgb
 from iapc.errors import UserError, run_cli
-from iapc.export.manifest import engine_manifest
-from iapc.export.onnx_export import export_onnx
-from iapc.export.parity import check_parity
-from iapc.export.runners import make_runner
+from iapc.daemon.buffer import FrameBuffer
+from iapc.daemon.health import check_health
+from iapc.export.deploy import Candidate, DeployOptions, deploy
 from iapc.export.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventSender, FrameReceiver
-from iapc.runtime.health import check_health
 from iapc.runtime import run_folder
 from iapc.runtime.run_folder import ipc_address
 
-log = logging.getLogger("iapc.runtime.daemon")
+log = logging.getLogger("iapc.daemon")
 
 EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
 
@@ -76,10 +73,6 @@ def adaptation_device(cfg: RuntimeConfig) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("adaptation.device is cuda but PyTorch sees no CUDA GPU: use auto or cpu")
     return torch.device(name)
-
-
-def parity_agreement(manifest: dict) -> float | None:
-    return (manifest.get("parity") or {}).get("agreement")
 
 
 def lower_priority(nice: int, threads: int) -> None:
@@ -104,15 +97,14 @@ class AdaptationDaemon:
         # inference engine's work (on a higher-priority stream) is scheduled first.
         self.stream = (torch.cuda.Stream(device=self.device, priority=0)
                        if self.device.type == "cuda" else None)
-        self.buffer: deque[np.ndarray] = deque(maxlen=cfg.adaptation.buffer_size)
-        # frames never trained on, for the health gate
-        self.holdout: deque[np.ndarray] = deque(maxlen=cfg.health.holdout_size)
-        self.received = 0
+        # recent frames to adapt on, and apart from them the held-out ones of the health gate
+        self.frames = FrameBuffer(cfg.adaptation.buffer_size,
+                                  cfg.health.holdout_size if cfg.health.enabled else 0,
+                                  cfg.adaptation.holdout_every, seed=self.method.seed)
         # the weights of the engine in service (one more model copy in memory)
         self.serving = copy.deepcopy(self.adapter.deployable()).eval()
         self.heartbeat_path = self.run_dir / run_folder.HEARTBEAT
         self.last_heartbeat = 0.0
-        self.rng = np.random.default_rng(self.method.seed)
         self.deployed_step = 0
         self.last_export = time.monotonic()
         self.stopping = False
@@ -181,19 +173,7 @@ class AdaptationDaemon:
         tmp.write_text(f"{os.getpid()}\n")
         os.replace(tmp, self.heartbeat_path)
 
-    # export ------------------------------------------------------------------------------------
-    def parity_frames(self) -> np.ndarray:
-        """uint8 (N, H, W, 3) BGR: recent frames, or mid-grey when none have arrived yet."""
-        width, height = self.cfg.input_size
-        if not self.buffer:
-            return np.full((1, height, width, 3), 128, dtype=np.uint8)
-        picks = list(self.buffer)[-4:]
-        return np.stack(picks)
-
-    def health_frames(self) -> np.ndarray | None:
-        """uint8 (N, H, W, 3) BGR held-out frames, or None before any have arrived."""
-        return np.stack(list(self.holdout)) if self.holdout else None
-
+    # deployment --------------------------------------------------------------------------------
     def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
         log.warning("%s gate rejected step %d: %s", gate, self.step_count, reason)
         self.events.send({"type": "rejected", "gate": gate, "step": self.step_count,
@@ -201,60 +181,46 @@ class AdaptationDaemon:
         self.rollback(f"{gate} gate: {reason}")
 
     def export_version(self) -> int | None:
-        """Export the deployable network, check parity and health, publish to the store; the
-        new version or None (rejected, rolled back; or the export failed and is retried later)."""
+        """Deploy the adapted network (:func:`~iapc.export.deploy.deploy`: export, parity,
+        health, store); the new version, or None (rejected and rolled back; or the export
+        failed, the engine in service stays and the export is retried later)."""
         started = time.perf_counter()
+        options = DeployOptions(frame_size=self.cfg.input_size, confidence=self.cfg.confidence,
+                                min_agreement=self.cfg.adaptation.min_agreement,
+                                parity_source="stream")
         try:
             # eval mode: export the running BN statistics, not batch statistics
             with deployed(self.adapter.deployable()) as network, \
                     tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.run_dir) as tmp:
-                version, health = self._export_checked(network, Path(tmp))
+                result = deploy(self.candidate(network), self.store,
+                                self.frames.parity_frames(self.cfg.input_size), options, Path(tmp),
+                                health_gate=self.health_gate, beat=self.beat)
         except OSError as err:  # disk full, read-only store: keep the engine in service
             reason = (f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}")
             log.error("export at step %d failed, keeping the engine in service: %s",
                       self.step_count, reason)
             self.events.send({"type": "export_failed", "step": self.step_count, "reason": reason})
             return None
-        if version is None:
+        if result.rejected_by is not None:
+            self.reject(result.rejected_by, result.reason, result.health)
             return None
+        version = result.version
         self.save_state(version.number)
         seconds = time.perf_counter() - started
         self.events.send({"type": "version", "version": version.number, "step": self.step_count,
-                          "parity": parity_agreement(version.manifest), "health": health,
+                          "parity": result.parity.agreement, "health": result.health,
                           "export_s": round(seconds, 3)})
         log.info("published engine %s at step %d (%.2f s)", version.name, self.step_count, seconds)
         return version.number
 
-    def _export_checked(self, network: torch.nn.Module, tmp: Path):
-        """(published Version, health figures), or (None, None) when a gate rejects."""
-        onnx_path = export_onnx(network, tmp / "model.onnx", frame_size=self.cfg.input_size,
-                                confidence=self.cfg.confidence)
-        self.beat()
-        runner = make_runner("onnxruntime", onnx_path=onnx_path, threads=1)
-        with runner:
-            parity = check_parity(runner, network, self.parity_frames(),
-                                  self.cfg.adaptation.min_agreement)
-        if not parity.passed:
-            self.reject("parity", parity.message)
-            return None, None
-        self.beat()
-        health = self._health_figures(network)
-        if health is not None and not health.passed:
-            self.reject("health", health.message, health.figures)
-            return None, None
-        self.beat()
-        figures = health.figures if health is not None else None
-        version = self.store.publish(onnx_path, manifest_extra=engine_manifest(
-            model=self.cfg.model, num_classes=self.cfg.num_classes, method=self.method.method,
-            step=self.step_count, input_size=self.cfg.input_size, config=self.cfg.to_dict(),
-            parity={"agreement": parity.agreement, "min_agreement": parity.min_agreement,
-                    "frames": parity.frames, "source": "stream"},
-            health=figures, confidence=self.cfg.confidence, losses=self.losses))
-        return version, figures
+    def candidate(self, network: torch.nn.Module) -> Candidate:
+        return Candidate(network, model=self.cfg.model, num_classes=self.cfg.num_classes,
+                         method=self.method.method, step=self.step_count,
+                         config=self.cfg.to_dict(), extra={"losses": self.losses})
 
-    def _health_figures(self, network: torch.nn.Module):
+    def health_gate(self, network: torch.nn.Module):
         """The health report of the candidate, or None when the gate is off or has no frames."""
-        frames = self.health_frames()
+        frames = self.frames.health_frames()
         if not self.cfg.health.enabled or frames is None or self.step_count == 0:
             return None  # step 0 is the source model itself: nothing to compare
         with deployed(self.adapter.memory_network()) as memory:
@@ -270,17 +236,10 @@ class AdaptationDaemon:
         return by_steps or by_time
 
     # adaptation --------------------------------------------------------------------------------
-    def sample_batch(self) -> torch.Tensor:
-        """uint8 (N, 3, H, W) RGB drawn from the buffer of recent frames."""
-        picks = self.rng.choice(len(self.buffer), size=self.cfg.adaptation.batch_size,
-                                replace=len(self.buffer) < self.cfg.adaptation.batch_size)
-        frames = np.stack([self.buffer[i] for i in picks])  # (N, H, W, 3) BGR
-        return camera_to_rgb(torch.from_numpy(frames))
-
     def step(self) -> None:
         started = time.perf_counter()
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            losses = self.adapter.step(self.sample_batch())
+            losses = self.adapter.step(self.frames.sample(self.cfg.adaptation.batch_size))
         self.yield_duty_cycle(time.perf_counter() - started)
         if self.adapter.skipped(losses):
             self.rollback("non-finite loss")
@@ -288,7 +247,7 @@ class AdaptationDaemon:
         self.losses = {k: round(float(v), 5) for k, v in losses.items() if k != "skipped"}
         if self.step_count % 5 == 0:
             self.events.send({"type": "stats", "step": self.step_count, "new_steps": 5,
-                              "buffer": len(self.buffer), **self.losses})
+                              "buffer": len(self.frames), **self.losses})
 
     def yield_duty_cycle(self, busy_seconds: float) -> None:
         """Idle so that computing takes at most ``duty_cycle`` of the daemon's wall time."""
@@ -298,12 +257,7 @@ class AdaptationDaemon:
 
     def keep(self, image: np.ndarray) -> None:
         """A received frame goes to the training buffer, or every k-th to the held-out one."""
-        self.received += 1
-        every = self.cfg.adaptation.holdout_every
-        if self.cfg.health.enabled and every > 0 and self.received % every == 0:
-            self.holdout.append(image)
-        else:
-            self.buffer.append(image)
+        self.frames.keep(image)
 
     def remove_leftovers(self) -> None:
         """Export folders of a daemon that was killed mid-export."""
@@ -323,11 +277,11 @@ class AdaptationDaemon:
                 self.deployed_step = self.step_count
             while not self.stopping:
                 self.beat()
-                wait_ms = 0 if len(self.buffer) >= self.cfg.adaptation.batch_size else 100
+                wait_ms = 0 if len(self.frames) >= self.cfg.adaptation.batch_size else 100
                 for _meta, image in frames.receive_all(wait_ms):
                     self.keep(image)
                 if (not self.cfg.adaptation.enabled or not self.adapter.updates_weights
-                        or len(self.buffer) < self.cfg.adaptation.batch_size):
+                        or len(self.frames) < self.cfg.adaptation.batch_size):
                     continue
                 self.step()
                 if self.export_due():
