@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from iapc.errors import UserError
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
 
     if args.count < 0:
         raise UserError(f"--count must be 0 (no limit) or positive, got {args.count}")

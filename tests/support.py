@@ -26,7 +26,7 @@ class Collector(threading.Thread):
     """Receives every mask header and status message the runtime publishes."""
 
     def __init__(self, port: int, rcvhwm: int = 8):
-        from iapc.ros_bridge.subscriber import MaskSubscriber
+        from iapc.runtime.client import MaskSubscriber
 
         super().__init__(daemon=True)
         self.sub = MaskSubscriber(f"tcp://127.0.0.1:{port}", topics=(b"mask", b"status"),

@@ -18,7 +18,7 @@ from iapc.ros_bridge import cli
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
 from iapc.ros_bridge.rclpy_publisher import rclpy_available
 from iapc.ros_bridge.ros_messages import ImageMessage
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import ENCODING_CONFIDENCE, TOPIC_CONF, MaskHeader
 from iapc.runtime.publisher import MaskPublisher
 

@@ -6,7 +6,7 @@ import signal
 import time
 
 from support import free_port, start_runtime
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 
 FRAMES = 240
 

@@ -1,4 +1,7 @@
-"""ZeroMQ SUB client of the wire protocol, newest message wins.
+"""ZeroMQ SUB client of the wire protocol (docs/PROTOCOL.md), newest message wins.
+
+It lives beside the protocol it speaks so that every client (`iapc subscribe`, `iapc replay`, the
+live figures, the ROS 2 bridge) imports the runtime package and never the reverse.
 
 A background thread owns the SUB socket and drains it continuously, decoding every message and
 keeping only the newest one per topic (or a short FIFO with ``newest_wins=False``). So the socket's

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from iapc.errors import UserError
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime import subscribe_cli
 from iapc.runtime.protocol import (
     TOPIC_MASK,
@@ -249,3 +249,12 @@ def test_cli_timeout_is_a_one_line_user_error(pub):
 def test_cli_bad_address_is_a_user_error():
     with pytest.raises(UserError, match="cannot connect"):
         subscribe_cli.run(cli_args("--address", "localhost", "--count", "1"))
+
+
+def test_runtime_never_imports_the_ros_bridge():
+    """The client lives with the protocol: ros_bridge builds on runtime, never the reverse."""
+    from pathlib import Path
+
+    runtime = Path(__file__).resolve().parents[2] / "runtime"
+    offenders = [p.name for p in runtime.glob("*.py") if "ros_bridge" in p.read_text()]
+    assert offenders == []
