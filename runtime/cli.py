@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow binding a non-loopback address without CURVE")
     a = p.add_argument_group("adaptation")
     a.add_argument("--no-adapt", dest="adapt", action="store_false", default=None,
-                   help="serve the source engine only")
+                   help="serve the engine of the source checkpoint, unadapted (the store's "
+                        "adapted versions are kept, not served)")
+    a.add_argument("--resume-latest", action="store_true",
+                   help="with --no-adapt: serve the store's latest (adapted) version instead")
     a.add_argument("--preset", choices=("paper", "released"))
     a.add_argument("--export-every-steps", type=int, metavar="N")
     a.add_argument("--export-every-seconds", type=float, metavar="T")
@@ -109,8 +112,10 @@ def check_config(cfg: RuntimeConfig) -> None:
     if cfg.backend == "torch":
         raise UserError("the inference loop runs without PyTorch: use --backend auto, "
                         "onnxruntime or tensorrt (the torch runner is for 'iapc export' checks)")
-    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
-        raise UserError(f"checkpoint {cfg.checkpoint} does not exist: give the path of a .pth/.pt file")
+    if cfg.checkpoint is not None:  # before any process starts: a bad file must not loop
+        from iapc.checkpoint_file import check_checkpoint_file
+
+        check_checkpoint_file(cfg.checkpoint)
     source = make_source(cfg.source.kind, cfg.source.location, cfg.input_size, cfg.source.seed,
                          faults=cfg.source.faults)
     if cfg.source.kind in ("video", "camera"):
@@ -136,7 +141,7 @@ class LiveFigures:
     """Prints the runtime's heartbeat as one line a second."""
 
     def __init__(self, address: str, curve_keys: str | None = None):
-        from iapc.ros_bridge.subscriber import MaskSubscriber
+        from iapc.runtime.client import MaskSubscriber
 
         curve = {}
         if curve_keys is not None:  # the runtime admits its own first client key
@@ -183,11 +188,14 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="iapc-runtime: %(message)s")
     cfg = config_from_args(args)
+    if args.resume_latest and cfg.adaptation.enabled:
+        raise UserError("--resume-latest goes with --no-adapt (with adaptation on, the runtime "
+                        "always resumes from the store's latest version)")
     check_config(cfg)
     checkpoint = cfg.checkpoint or embedded_checkpoint(cfg)
     live = None if args.quiet else LiveFigures(cfg.publish, cfg.curve_keys)
     try:
-        return Supervisor(cfg, checkpoint, on_status=live).run()
+        return Supervisor(cfg, checkpoint, on_status=live, serve_store=args.resume_latest).run()
     finally:
         if live is not None:
             live.close()
