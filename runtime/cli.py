@@ -84,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                 cfg.source.fps = None  # a camera sets its own pace
     if args.fps is not None:
         cfg.source.fps = args.fps or None
+    elif args.video is not None:  # a video plays at its own rate unless --fps says otherwise
+        cfg.source.fps = video_fps(args.video) or cfg.source.fps
     for name in ("max_frames", "loop"):
         if getattr(args, name) is not None:
             setattr(cfg.source, name, getattr(args, name))
@@ -97,6 +99,23 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         if getattr(args, name) is not None:
             setattr(cfg.adaptation, name, getattr(args, name))
     return cfg
+
+
+def video_fps(path: str) -> float | None:
+    """The frame rate a video file records (cv2.CAP_PROP_FPS); None if unreadable or unset."""
+    from iapc.runtime.sources import CaptureSource
+
+    if not Path(path).is_file():
+        return None  # check_config says what is wrong with it
+    source = CaptureSource(path, camera=False)
+    try:
+        source.open()
+    except UserError:
+        return None
+    try:
+        return source.native_fps()
+    finally:
+        source.close()
 
 
 def check_config(cfg: RuntimeConfig) -> None:

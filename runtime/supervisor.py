@@ -93,8 +93,8 @@ def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> No
     if EngineStore(store).current() is not None:
         return
     width, height = cfg.input_size
-    command = [sys.executable, "-m", "iapc.cli", "export", "--checkpoint", checkpoint,
-               "--store", str(store), "--frame-size", f"{width}x{height}",
+    command = [sys.executable, "-c", "from iapc.cli import main; main()", "export",
+               "--checkpoint", checkpoint, "--store", str(store), "--frame-size", f"{width}x{height}",
                "--backend", cfg.backend, "--keep", "1"]
     command += ["--model", cfg.model] if cfg.model else []
     command += ["--confidence"] if cfg.confidence else []
@@ -264,8 +264,10 @@ class Supervisor:
             if self.daemon is not None:
                 self.daemon.stop()
             self.events.close()
-        print(self.summary_line(), file=sys.stderr)
-        return code if code is not None else (inference_code or 0)
+        code = code if code is not None else (inference_code or 0)
+        if code == 0:  # an error already said what went wrong in its one line
+            print(self.summary_line(), file=sys.stderr)
+        return code
 
     def summary_line(self) -> str:
         """One line on what this run did, from the inference process's summary file."""
