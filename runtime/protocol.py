@@ -462,3 +462,14 @@ def decode_status(frames: Sequence[Any]) -> dict[str, Any]:
     obj = parse_json_object(header_frame)
     validate_status_fields(obj)
     return obj
+
+
+def status_reference_markdown() -> str:
+    """The status-kind tables of docs/PROTOCOL.md, made from STATUS_SPECS (a test compares)."""
+    parts = []
+    for spec in STATUS_SPECS:
+        parts.append(f"#### `{spec.kind.value}`: sent {spec.sent}\n\n"
+                     "| key | JSON type | meaning |\n| --- | --- | --- |\n"
+                     + "".join(f"| `{f.name}` | {f.json_type} | {f.meaning} |\n"
+                               for f in spec.fields))
+    return "\n".join(parts)
