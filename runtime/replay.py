@@ -444,6 +444,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
 
 
+# --fast runs frames as fast as inference goes; the daemon adapts at its own pace, so it sees a
+# fraction of them and "adapted" is compared with source-only after little adaptation.
+FAST_WARNING = ("iapc replay: warning: --fast plays the frames as fast as inference runs, so "
+                "the adaptation daemon trains on few of them and 'adapted' vs 'source-only' "
+                "measures little adaptation: use --rate FPS (as recorded) for that comparison")
+
+
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     if args.rate is not None and args.rate <= 0:
         raise UserError(f"--rate must be positive frames per second (or use --fast), got {args.rate}")
@@ -462,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
     from iapc.runtime.report import headline
 
     cfg = config_from_args(args)
+    if cfg.rate is None and cfg.baseline:
+        print(FAST_WARNING, file=sys.stderr, flush=True)
     report = run_replay(cfg)
     print(headline(report))
     print(f"report: {cfg.out / 'report.json'}, {cfg.out / 'report.md'}")
