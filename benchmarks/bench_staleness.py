@@ -1,6 +1,6 @@
 """Age of the newest mask a slow client receives: camera at FPS, client reading 10x slower.
 
-A real MaskPublisher (the runtime's socket options) publishes 512x256 masks at ``--fps`` on
+A real MaskPublisher (the runtime's socket options, or ``--sndbuf``) publishes 512x256 masks at ``--fps`` on
 loopback; each client takes one mask every ``10 / fps`` seconds and records its age
 (receive time minus ``capture_ns``) in frame intervals:
 
@@ -80,10 +80,12 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=20.0)
     parser.add_argument("--slowdown", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--sndbuf", type=int, default=0,
+                        help="publisher kernel send buffer in bytes (0: the runtime's default)")
     args = parser.parse_args()
     period = args.slowdown / args.fps
     stop = threading.Event()
-    with MaskPublisher("tcp://127.0.0.1:*") as pub:
+    with MaskPublisher("tcp://127.0.0.1:*", sndbuf=args.sndbuf) as pub:
         subscriber = MaskSubscriber(pub.endpoint)
         advised = raw_socket(pub.endpoint, rcvhwm=2)
         naive = raw_socket(pub.endpoint, rcvhwm=None)
@@ -105,7 +107,8 @@ def main() -> None:
         subscriber.close()
         advised.close()
         naive.close()
-    print(json.dumps({"fps": args.fps, "client_period_s": period, "results": results}, indent=1))
+    print(json.dumps({"fps": args.fps, "client_period_s": period, "sndbuf": args.sndbuf,
+                      "results": results}, indent=1))
 
 
 if __name__ == "__main__":

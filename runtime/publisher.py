@@ -33,9 +33,11 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # Messages queued per subscriber before that subscriber's messages are dropped: about two frames
 # of mask + conf + status. Small on purpose: a stale mask is worse than a missing one.
 DEFAULT_SNDHWM = 8
-# Kernel send buffer per connection. Left to the OS, loopback TCP grows it to megabytes, which
-# holds hundreds of small masks for a slow reader however low the HWM is: bound it too.
-DEFAULT_SNDBUF = 64 * 1024
+# Kernel send buffer per connection (0: the OS's, auto-tuned). Capping it (64 KiB) did not make a
+# slow raw client fresher (its own buffers refill between reads, docs/BENCHMARKS.md) but cost a
+# momentarily busy subscriber masks in the fault tests, so freshness is the client's job
+# (MaskSubscriber drains continuously) and this stays an option.
+DEFAULT_SNDBUF = 0
 # How long close() may wait to hand the last (end-of-stream) messages to connected clients.
 CLOSE_LINGER_MS = 500
 

@@ -196,7 +196,7 @@ def test_cli_reports_a_runtime_that_does_not_publish(tmp_path):
                     "--record", str(tmp_path / "idle.mcap"), "--timeout", "0.3")
     with pytest.raises(UserError, match="check that the runtime is running"):
         cli.run(args)
-    assert (tmp_path / "idle" / "metadata.yaml").exists()  # the bag was still closed properly
+    assert not (tmp_path / "idle").exists()  # nothing recorded: no empty bag folder left
 
 
 def test_bridge_modules_do_not_import_torch():
