@@ -13,6 +13,7 @@ Everything is loaded with ``torch.load(..., weights_only=True)``: no pickled cod
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +44,27 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, model: nn.Module,
 
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``, turning every failure into a :class:`UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: give the path of a .pth/.pt file")
+    from iapc.checkpoint_file import check_checkpoint_file
+
+    path = check_checkpoint_file(path)  # empty, truncated, not a checkpoint: one clear line
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, or not a weights-only file
-        raise UserError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
-            "expected a file written by 'iapc train-source' or a released IAPC/AdvEnt "
-            "{'state_dict': ...} file") from None
+    except Exception as err:  # corrupt, or not a weights-only file
+        raise UserError(f"checkpoint {path} could not be read: {_load_failure(err)}") from None
     if not isinstance(data, dict):
         raise UserError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict "
                         "with a 'state_dict'")
     return data
+
+
+def _load_failure(err: Exception) -> str:
+    """What went wrong and what to do, in our words: PyTorch's own text runs to many lines."""
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err).lower():
+        return ("it holds pickled Python objects, not only tensors (e.g. a whole model saved with "
+                "torch.save(model)); save {'state_dict': model.state_dict()} instead (no pickled "
+                "code is ever run)")
+    return (f"{type(err).__name__}; expected a file written by 'iapc train-source' or a released "
+            "IAPC/AdvEnt {'state_dict': ...} file: copy or download it again")
 
 
 def _released_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:

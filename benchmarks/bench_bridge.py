@@ -22,7 +22,7 @@ import numpy as np
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
 from iapc.ros_bridge.dds import DdsSink
 from iapc.ros_bridge.recorder import McapRecorder
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import MaskHeader
 from iapc.runtime.publisher import MaskPublisher
 

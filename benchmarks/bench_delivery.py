@@ -36,7 +36,7 @@ class SubscriberResult:
 
 def subscriber_process(name: str, endpoint: str, sleep_s: float, results: mp.Queue,
                        ready: mp.Queue) -> None:
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
 
     latencies, ages = [], []
     with MaskSubscriber(endpoint, topics=(b"mask",)) as sub:

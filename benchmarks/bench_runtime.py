@@ -54,7 +54,7 @@ def bare_engine_fps(onnx_path: Path, frames: list[np.ndarray], threads: int) -> 
 
 def run_runtime(args: list[str], port: int, timeout: float = 600) -> list:
     """Run iapc-runtime to the end of its source; every mask header it published."""
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
 
     headers = []
     with MaskSubscriber(f"tcp://127.0.0.1:{port}", newest_wins=False) as sub:

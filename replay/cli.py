@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from iapc.errors import UserError
@@ -62,11 +63,20 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
                         out=args.out, save_masks=args.save_masks, progress=args.progress)
 
 
+# --fast runs frames as fast as inference goes; the daemon adapts at its own pace, so it sees a
+# fraction of them and "adapted" is compared with source-only after little adaptation.
+FAST_WARNING = ("iapc replay: warning: --fast plays the frames as fast as inference runs, so "
+                "the adaptation daemon trains on few of them and 'adapted' vs 'source-only' "
+                "measures little adaptation: use --rate FPS (as recorded) for that comparison")
+
+
 def run(args: argparse.Namespace) -> int:
     from iapc.replay.markdown import headline
     from iapc.replay.run import run_replay
 
     cfg = config_from_args(args)
+    if cfg.rate is None and cfg.baseline:
+        print(FAST_WARNING, file=sys.stderr, flush=True)
     report = run_replay(cfg)
     print(headline(report))
     print(f"report: {cfg.out / 'report.json'}, {cfg.out / 'report.md'}")

@@ -130,7 +130,7 @@ class Collector(threading.Thread):
     in a thread, for the fault tests and the soak benchmark that watch a run while it goes."""
 
     def __init__(self, port: int, rcvhwm: int = 8):
-        from iapc.ros_bridge.subscriber import MaskSubscriber
+        from iapc.runtime.client import MaskSubscriber
 
         super().__init__(daemon=True)
         self.sub = MaskSubscriber(f"tcp://127.0.0.1:{port}", topics=(b"mask", b"status"),

@@ -19,7 +19,7 @@ def replay_once(cfg: ReplayConfig, plan: ReplayPlan, adapt: bool, rounds: int) -
     """One runtime run over ``rounds`` passes of the plan, observed from a subscriber."""
     from tqdm import tqdm
 
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
 
     record = RunRecord(adapted=adapt, rounds=rounds)
     logs = cfg.out / "logs" / record.name

@@ -22,7 +22,7 @@ from iapc.ros_bridge.ros_messages import (
     mask_image,
     status_text,
 )
-from iapc.ros_bridge.subscriber import MaskSubscriber, Received
+from iapc.runtime.client import MaskSubscriber, Received
 from iapc.runtime.protocol import TOPIC_CONF, TOPIC_MASK, TOPIC_STATUS
 
 DEFAULT_TOPIC = "/iapc/mask"

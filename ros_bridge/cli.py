@@ -12,7 +12,7 @@ TRANSPORTS = ("auto", "rclpy", "dds", "none")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from iapc.ros_bridge.bridge import DEFAULT_FRAME_ID, DEFAULT_STATUS_TOPIC, DEFAULT_TOPIC
-    from iapc.ros_bridge.subscriber import DEFAULT_ADDRESS
+    from iapc.runtime.client import DEFAULT_ADDRESS
 
     parser.add_argument("--address", default=DEFAULT_ADDRESS,
                         help=f"runtime PUB address (default {DEFAULT_ADDRESS})")
@@ -97,7 +97,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from iapc.errors import UserError
     from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
 
     _check_numbers(args)
     status_topic = None if args.status_topic == "none" else args.status_topic

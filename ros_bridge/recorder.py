@@ -8,6 +8,8 @@ folder, Foxglove opens ``run/run.mcap``. Messages are stamped with the time the 
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,8 +79,20 @@ class McapRecorder:
         self._write(topic, STRING_TYPE, serialize_string(text, self.typestore))
 
     def close(self) -> None:
-        """Write the MCAP summary and metadata.yaml; the bag is readable only after this."""
+        """Write the MCAP summary and metadata.yaml; the bag is readable only after this.
+
+        A bag that recorded nothing (the runtime never published, or the bridge failed) is
+        removed, so a failed run leaves no empty folder; either way one line says what happened.
+        """
         if self._writer is None:
             return
         writer, self._writer = self._writer, None
         writer.close()
+        if self.messages == 0:
+            shutil.rmtree(self.bag_dir, ignore_errors=True)
+            print(f"iapc bridge: nothing recorded, no bag written ({self.bag_dir} removed)",
+                  file=sys.stderr, flush=True)
+            return
+        print(f"iapc bridge: recorded {self.messages} messages in {self.mcap_path} (a rosbag2 "
+              f"folder: 'ros2 bag info {self.bag_dir}'; Foxglove opens the .mcap)",
+              file=sys.stderr, flush=True)

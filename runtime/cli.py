@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
               defaults=RuntimeConfig().method)
     a = p.add_argument_group("adaptation daemon")
     a.add_argument("--no-adapt", dest="adapt", action="store_false", default=None,
-                   help="serve the source engine only")
+                   help="serve the engine of the source checkpoint, unadapted (the store's "
+                        "adapted versions are kept, not served)")
+    a.add_argument("--resume-latest", action="store_true",
+                   help="with --no-adapt: serve the store's latest (adapted) version instead")
     add_flags(a, AdaptationConfig, "adaptation__")
     p.add_argument("--config", metavar="FILE.yaml", help="config file; options given here override it")
     p.add_argument("--quiet", action="store_true", help="no live figures")
@@ -70,12 +73,32 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     apply_flags(args, cfg.source, "source__")
     apply_flags(args, cfg.method, "method__")
     apply_flags(args, cfg.adaptation, "adaptation__")
+    if args.video is not None and args.source__fps is None:
+        # a video plays at its own rate unless --fps says otherwise
+        cfg.source.fps = video_fps(args.video) or cfg.source.fps
     if args.adapt is not None:
         cfg.adaptation.enabled = args.adapt
     cfg.check()
     if cfg.source.fps == 0:
         cfg.source.fps = None  # 0: as fast as possible
     return cfg
+
+
+def video_fps(path: str) -> float | None:
+    """The frame rate a video file records (cv2.CAP_PROP_FPS); None if unreadable or unset."""
+    from iapc.runtime.sources import CaptureSource
+
+    if not Path(path).is_file():
+        return None  # check_config says what is wrong with it
+    source = CaptureSource(path, camera=False)
+    try:
+        source.open()
+    except UserError:
+        return None
+    try:
+        return source.native_fps()
+    finally:
+        source.close()
 
 
 def check_config(cfg: RuntimeConfig) -> None:
@@ -91,8 +114,10 @@ def check_config(cfg: RuntimeConfig) -> None:
     if cfg.backend == "torch":
         raise UserError("the inference loop runs without PyTorch: use --backend auto, "
                         "onnxruntime or tensorrt (the torch runner is for 'iapc export' checks)")
-    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
-        raise UserError(f"checkpoint {cfg.checkpoint} does not exist: give the path of a .pth/.pt file")
+    if cfg.checkpoint is not None:  # before any process starts: a bad file must not loop
+        from iapc.checkpoint_file import check_checkpoint_file
+
+        check_checkpoint_file(cfg.checkpoint)
     # the size only shapes frames here; the engine's is settled once the checkpoint is read
     size = cfg.input_size or DEFAULT_INPUT_SIZE
     source = make_source(cfg.source.kind, cfg.source.location, size, cfg.source.seed,
@@ -126,7 +151,7 @@ class LiveFigures:
     """Prints the runtime's heartbeat as one line a second."""
 
     def __init__(self, address: str, curve_keys: str | None = None):
-        from iapc.ros_bridge.subscriber import MaskSubscriber
+        from iapc.runtime.client import MaskSubscriber
 
         curve = {}
         if curve_keys is not None:  # the runtime admits its own first client key
@@ -213,13 +238,17 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="iapc-runtime: %(message)s")
     cfg = config_from_args(args)
+    if args.resume_latest and cfg.adaptation.enabled:
+        raise UserError("--resume-latest goes with --no-adapt (with adaptation on, the runtime "
+                        "always resumes from the store's latest version)")
     check_config(cfg)
     checkpoint = cfg.checkpoint or embedded_checkpoint(cfg)
     resolve_input_size(cfg, checkpoint_facts(checkpoint, cfg))
-    check_store_fits(cfg)
+    if cfg.adaptation.enabled or args.resume_latest:  # --no-adapt serves its own source engine
+        check_store_fits(cfg)
     live = None if args.quiet else LiveFigures(cfg.publish, cfg.curve_keys)
     try:
-        return Supervisor(cfg, checkpoint, on_status=live).run()
+        return Supervisor(cfg, checkpoint, on_status=live, serve_store=args.resume_latest).run()
     finally:
         if live is not None:
             live.close()

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -97,6 +98,11 @@ class LiveScore:
         self._thread.join(timeout=5.0)
 
 
+def new_boot_id() -> str:
+    """A random id for this start of the runtime, in every header (docs/PROTOCOL.md)."""
+    return uuid.uuid4().hex[:16]
+
+
 def curve_keys(cfg: RuntimeConfig):
     """The CURVE server keys of ``--curve-keys DIR``, or None."""
     if cfg.curve_keys is None:
@@ -109,7 +115,7 @@ def curve_keys(cfg: RuntimeConfig):
 def run_inference(cfg: RuntimeConfig) -> int:
     from iapc.export.store import EngineStore
     from iapc.runtime.metrics import RuntimeMetrics
-    from iapc.runtime.publisher import MaskPublisher
+    from iapc.runtime.publisher import CLOSE_LINGER_MS, MaskPublisher
 
     run_dir = cfg.resolved_run_dir()
     store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
@@ -119,7 +125,8 @@ def run_inference(cfg: RuntimeConfig) -> int:
     capture = CaptureThread(source, cfg.source.fps, cfg.source.max_frames, cfg.source.loop,
                             retry_max_s=cfg.source.retry_max_s)
     engines = EngineManager(store, make_runner_loader(cfg), cfg.input_size)
-    publisher = MaskPublisher(cfg.publish, sndhwm=cfg.publish_hwm, allow_remote=cfg.insecure, curve=curve_keys(cfg))
+    publisher = MaskPublisher(cfg.publish, sndhwm=cfg.publish_hwm, allow_remote=cfg.insecure,
+                              curve=curve_keys(cfg), boot_id=new_boot_id())
     metrics = RuntimeMetrics(port=cfg.metrics_port) if cfg.metrics_port is not None else None
     events = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
     handoff = (FrameHandoff(ipc_address(run_dir, run_folder.FRAMES_SOCKET))
@@ -138,6 +145,8 @@ def run_inference(cfg: RuntimeConfig) -> int:
                 return 0
             raise UserError(f"no usable engine in {store.root} after 600 s: run 'iapc export' "
                             "or check the adaptation daemon's log")
+        if metrics is not None:  # the first engine is in service before any swap is counted
+            metrics.engine_version.set(engines.version)
         engines.start()
         capture.start()
         stats = loop.run()
@@ -148,10 +157,11 @@ def run_inference(cfg: RuntimeConfig) -> int:
         for part in (handoff, events, metrics):
             if part is not None:
                 part.close()
-        publisher.close()
+        publisher.close(linger_ms=CLOSE_LINGER_MS)  # let the end-of-stream status go out
         source.close()
     summary = {"frames_in": stats.frames_in, "frames_published": stats.frames_published,
                "frames_failed": stats.frames_failed, "capture_dropped": capture.dropped,
+               "frames_unreadable": capture.unreadable, "boot_id": publisher.boot_id,
                "handoff_dropped": handoff.dropped if handoff else 0,
                "publish_dropped": stats.publish_dropped, "swaps": stats.swap_log,
                "engine_version": engines.version, "miou": score.miou(),

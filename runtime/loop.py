@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from iapc.runtime.metrics import LatencyStats, RateMeter
-from iapc.runtime.protocol import TOPIC_CONF, ENCODING_CONFIDENCE, MaskHeader
+from iapc.runtime.protocol import TOPIC_CONF, ENCODING_CONFIDENCE, MaskHeader, StatusKind
 
 log = logging.getLogger("iapc.runtime.loop")
 
@@ -159,6 +159,7 @@ class InferenceLoop:
             "engine_version": self.engines.version, "frames_in": self.stats.frames_in,
             "frames_published": self.stats.frames_published,
             "frames_failed": self.stats.frames_failed, "swaps": self.stats.swaps,
+            "frames_unreadable": getattr(self.capture, "unreadable", 0),
             "capture_dropped": self.capture.dropped,
             "handoff_dropped": self.handoff.dropped if self.handoff else 0,
             "publish_dropped": self.stats.publish_dropped,
@@ -213,4 +214,13 @@ class InferenceLoop:
             self.step(frame)
         self._last_status = 0.0
         self._status(time.monotonic())
+        self._end()
         return self.stats
+
+    def _end(self) -> None:
+        """The stream's last message: a client can tell "ended" from "the runtime hung"."""
+        self.publisher.publish_status({
+            "kind": StatusKind.END.value, "time_ns": time.time_ns(),
+            "reason": "stopped" if self.stopped.is_set() else "source_ended",
+            "frames_published": self.stats.frames_published,
+            "engine_version": self.engines.version})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -104,6 +105,10 @@ _MASK_FIELDS: dict[str, type] = {
     "encoding": str,
     "num_classes": int,
 }
+# Optional keys: checked when present, absent from older publishers.
+OPTIONAL_FIELDS: dict[str, type] = {
+    "boot_id": str,  # one per start of the runtime: frame_id restarts at 0 under a new boot_id
+}
 
 
 @dataclass
@@ -125,6 +130,7 @@ class MaskHeader:
     dtype: str = "uint8"
     encoding: str = ENCODING_CLASS_IDS
     v: int = PROTOCOL_VERSION
+    boot_id: str = ""  # "" when the publisher sent none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,6 +140,8 @@ class MaskHeader:
 
     def to_dict(self) -> dict[str, Any]:
         fields = {name: getattr(self, name) for name in _MASK_FIELDS}
+        if self.boot_id:
+            fields["boot_id"] = self.boot_id
         return {**self.extra, **fields}
 
     def encode(self) -> bytes:
@@ -147,7 +155,8 @@ class MaskHeader:
         obj = parse_json_object(data)
         validate_mask_fields(obj)
         known = {name: obj[name] for name in _MASK_FIELDS}
-        extra = {k: v for k, v in obj.items() if k not in _MASK_FIELDS}
+        known.update({name: obj[name] for name in OPTIONAL_FIELDS if name in obj})
+        extra = {k: v for k, v in obj.items() if k not in _MASK_FIELDS and k not in OPTIONAL_FIELDS}
         return cls(**known, extra=extra)
 
 
@@ -198,6 +207,13 @@ def _require(obj: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _check_optional(obj: Mapping[str, Any]) -> None:
+    for name, kind in OPTIONAL_FIELDS.items():
+        if name in obj and not isinstance(obj[name], kind):
+            raise FieldTypeError(f"header field {name!r} must be a JSON {_json_type(kind)}, "
+                                 f"got {type(obj[name]).__name__}")
+
+
 def _json_type(kind: type) -> str:
     return {int: "integer", str: "string"}.get(kind, kind.__name__)
 
@@ -216,6 +232,7 @@ def validate_mask_fields(obj: Mapping[str, Any]) -> None:
     check_version(obj)
     for name, kind in _MASK_FIELDS.items():
         _require(obj, name, kind)
+    _check_optional(obj)
     for name in ("height", "width"):
         if not 1 <= obj[name] <= MAX_DIM:
             raise DimensionError(f"header field {name!r}={obj[name]} is outside 1..{MAX_DIM}")
@@ -305,16 +322,114 @@ def decode_mask_message(frames: Sequence[Any]) -> tuple[bytes, MaskHeader, np.nd
 # Status
 
 
-STATUS_KINDS = ("heartbeat", "swap", "adaptation")  # documented kinds; clients ignore others
+class StatusKind(str, Enum):
+    """Every ``kind`` of status message the runtime sends (clients ignore kinds they do not know)."""
+
+    HEARTBEAT = "heartbeat"
+    SWAP = "swap"
+    ADAPTATION = "adaptation"
+    ENGINE = "engine"
+    SOURCE = "source"
+    END = "end"
 
 
-def encode_status(status: Mapping[str, Any]) -> list[bytes]:
-    """Frames ``[b"status", json, b""]``. Needs a ``kind``; fills ``v`` and ``publish_ns``.
+@dataclass(frozen=True)
+class StatusField:
+    name: str
+    json_type: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class StatusSpec:
+    kind: StatusKind
+    sent: str
+    fields: tuple[StatusField, ...]
+
+
+def _f(name: str, json_type: str, meaning: str) -> StatusField:
+    return StatusField(name, json_type, meaning)
+
+
+# The one list of status kinds and their fields: loop.py sends them, docs/PROTOCOL.md documents
+# them (a test checks that every kind and field below is in the document's table).
+STATUS_SPECS: tuple[StatusSpec, ...] = (
+    StatusSpec(StatusKind.HEARTBEAT, "every `status_every` seconds (1.0 s) while the runtime runs", (
+        _f("time_ns", "integer", "wall clock when the heartbeat was made"),
+        _f("engine_version", "integer", "engine version in service"),
+        _f("frames_in", "integer", "frames taken from the source so far"),
+        _f("frames_published", "integer", "masks published so far"),
+        _f("frames_failed", "integer", "frames skipped because they could not be segmented"),
+        _f("frames_unreadable", "integer", "image files of an `--images` folder that could not be decoded"),
+        _f("swaps", "integer", "hot-swaps so far"),
+        _f("capture_dropped", "integer", "frames the capture thread replaced by a newer one before the loop took them"),
+        _f("handoff_dropped", "integer", "frames *not offered to the adaptation daemon* (its queue was full); they were still segmented and published, so nothing is missing from the stream"),
+        _f("publish_dropped", "integer", "masks the PUB socket refused (all subscriber queues full)"),
+        _f("fps", "number", "published frames per second, recent average"),
+        _f("latency_ms", "object", "`{\"p50\", \"p90\", \"p99\"}` capture-to-publish latency, numbers or null before the first frame"),
+        _f("adaptation", "object", "latest adaptation statistics (`step`, `buffer`, one number per loss); `{}` before the first"),
+        _f("decisions", "object", "count per decision kind: `deployed`, `rejected_parity`, `rejected_health`, `rollback`, `export_failed`, `daemon_restart`, `daemon_hung`, `engine_rejected`, `bad_frame`, `source_lost`, `source_resumed`"),
+        _f("source", "object", "`{\"state\": \"ok\" | \"lost\", \"outages\": integer}`"),
+        _f("miou", "number or null", "running mIoU of the published masks against the source's labels, when it has them"),
+    )),
+    StatusSpec(StatusKind.SWAP, "after each hot-swap, before the first mask of the new engine", (
+        _f("from", "integer or null", "previous engine version"),
+        _f("to", "integer", "new engine version"),
+        _f("at_frame", "integer", "first `frame_id` segmented by the new engine"),
+        _f("switch_ms", "number", "time the loop spent switching"),
+        _f("ready_s", "number", "load and warm-up time, off the hot path"),
+        _f("time_ns", "integer", "wall clock of the switch"),
+    )),
+    StatusSpec(StatusKind.ADAPTATION, "on each adaptation decision", (
+        _f("type", "string", "`version` (a new engine passed parity and health and was stored), `rejected` (a gate refused a candidate), `rollback` (adaptation state returned to the last deployed one), `export_failed` (writing the engine failed, e.g. disk full), `daemon_hung` / `daemon_restart` (the supervisor restarted the adaptation daemon)"),
+        _f("step", "integer", "adaptation step"),
+        _f("version", "integer", "`version`: the stored engine version"),
+        _f("parity", "number", "`version`: agreement of the engine with PyTorch"),
+        _f("health", "object or null", "`version`/`rejected`: health gate figures"),
+        _f("export_s", "number", "`version`: export time"),
+        _f("gate", "string", "`rejected`: `parity` or `health`"),
+        _f("reason", "string", "`rejected`, `rollback`, `export_failed`, `daemon_*`: why"),
+        _f("restarts", "integer", "`daemon_*`: restarts so far"),
+    )),
+    StatusSpec(StatusKind.ENGINE, "when a stored engine cannot be used here", (
+        _f("state", "string", "`rejected`: the engine failed to load or warm up"),
+        _f("version", "integer", "the rejected version"),
+        _f("reason", "string", "why"),
+        _f("in_service", "integer", "the version still serving"),
+    )),
+    StatusSpec(StatusKind.SOURCE, "on camera outages", (
+        _f("state", "string", "`lost` (camera unplugged, read failures) or `resumed`"),
+        _f("reason", "string", "`lost`: why"),
+        _f("outages", "integer", "outages so far"),
+        _f("at_frame", "integer", "`lost`: frames captured before the outage"),
+        _f("outage_s", "number", "`resumed`: how long the source was gone"),
+        _f("retries", "integer", "`resumed`: reopen attempts so far"),
+        _f("time_ns", "integer", "wall clock of the event"),
+    )),
+    StatusSpec(StatusKind.END, "once, the last message of a stream, when the runtime stops", (
+        _f("reason", "string", "`source_ended` (end of file/folder, or `--max-frames`) or `stopped` (SIGINT/SIGTERM)"),
+        _f("frames_published", "integer", "masks published in this run"),
+        _f("engine_version", "integer", "engine version in service at the end"),
+        _f("time_ns", "integer", "wall clock of the end"),
+    )),
+)
+STATUS_KINDS = tuple(kind.value for kind in StatusKind)  # documented kinds; clients ignore others
+
+
+def status_spec(kind: StatusKind | str) -> StatusSpec:
+    return next(spec for spec in STATUS_SPECS if spec.kind == StatusKind(kind))
+
+
+def encode_status(status: Mapping[str, Any], boot_id: str = "") -> list[bytes]:
+    """Frames ``[b"status", json, b""]``. Needs a ``kind``; fills ``v``, ``publish_ns`` and
+    ``boot_id`` (when given).
 
     Numpy scalars become JSON numbers and NaN/Infinity become null, so a statistic that is not
     (yet) finite cannot stop the loop from publishing its status.
     """
     obj = {"v": PROTOCOL_VERSION, "publish_ns": time.time_ns(), **json_safe(dict(status))}
+    if boot_id:
+        obj["boot_id"] = boot_id
     validate_status_fields(obj)
     return [TOPIC_STATUS, _dump_json(obj), b""]
 
@@ -336,6 +451,7 @@ def validate_status_fields(obj: Mapping[str, Any]) -> None:
     check_version(obj)
     _require(obj, "kind", str)
     _require(obj, "publish_ns", int)
+    _check_optional(obj)
 
 
 def decode_status(frames: Sequence[Any]) -> dict[str, Any]:
@@ -346,3 +462,14 @@ def decode_status(frames: Sequence[Any]) -> dict[str, Any]:
     obj = parse_json_object(header_frame)
     validate_status_fields(obj)
     return obj
+
+
+def status_reference_markdown() -> str:
+    """The status-kind tables of docs/PROTOCOL.md, made from STATUS_SPECS (a test compares)."""
+    parts = []
+    for spec in STATUS_SPECS:
+        parts.append(f"#### `{spec.kind.value}`: sent {spec.sent}\n\n"
+                     "| key | JSON type | meaning |\n| --- | --- | --- |\n"
+                     + "".join(f"| `{f.name}` | {f.json_type} | {f.meaning} |\n"
+                               for f in spec.fields))
+    return "\n".join(parts)

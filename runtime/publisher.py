@@ -33,6 +33,13 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # Messages queued per subscriber before that subscriber's messages are dropped: about two frames
 # of mask + conf + status. Small on purpose: a stale mask is worse than a missing one.
 DEFAULT_SNDHWM = 8
+# Kernel send buffer per connection (0: the OS's, auto-tuned). Capping it (64 KiB) did not make a
+# slow raw client fresher (its own buffers refill between reads, docs/BENCHMARKS.md) but cost a
+# momentarily busy subscriber masks in the fault tests, so freshness is the client's job
+# (MaskSubscriber drains continuously) and this stays an option.
+DEFAULT_SNDBUF = 0
+# How long close() may wait to hand the last (end-of-stream) messages to connected clients.
+CLOSE_LINGER_MS = 500
 
 
 @dataclass
@@ -86,7 +93,9 @@ class MaskPublisher:
         address: str = DEFAULT_ADDRESS,
         *,
         sndhwm: int = DEFAULT_SNDHWM,
+        sndbuf: int = DEFAULT_SNDBUF,
         linger: int = 0,
+        boot_id: str = "",
         allow_remote: bool = False,
         stamp_publish_time: bool = True,
         context: zmq.Context | None = None,
@@ -94,11 +103,14 @@ class MaskPublisher:
     ) -> None:
         check_bind_address(address, allow_remote or curve is not None)
         self.stamp_publish_time = stamp_publish_time
+        self.boot_id = boot_id  # stamped into every header: tells a client the runtime restarted
         self.counters = PublisherCounters()
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._socket = self._context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        if sndbuf > 0:
+            self._socket.setsockopt(zmq.SNDBUF, sndbuf)
         self._socket.setsockopt(zmq.LINGER, linger)  # close() never waits on a dead subscriber
         self._closed = False
         self._auth = None
@@ -128,6 +140,8 @@ class MaskPublisher:
         """
         if self.stamp_publish_time:
             header = replace(header, publish_ns=time.time_ns())
+        if self.boot_id and not header.boot_id:
+            header = replace(header, boot_id=self.boot_id)
         frames = encode_mask_message(topic, header, mask)
         if not self._send(frames):
             return False
@@ -137,7 +151,7 @@ class MaskPublisher:
 
     def publish_status(self, status: Mapping[str, Any]) -> bool:
         """Send one status message (needs a ``kind``); False if the socket dropped it."""
-        if not self._send(encode_status(status)):
+        if not self._send(encode_status(status, self.boot_id)):
             return False
         self.counters.status_published += 1
         return True
@@ -156,11 +170,17 @@ class MaskPublisher:
 
     # -- lifetime -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the socket (and its context if owned); safe to call more than once."""
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close the socket (and its context if owned); safe to call more than once.
+
+        ``linger_ms`` bounds how long queued messages (the end-of-stream status) may still be
+        sent to connected clients; a dead client never holds close() up for longer.
+        """
         if self._closed:
             return
         self._closed = True
+        if linger_ms is not None:
+            self._socket.setsockopt(zmq.LINGER, linger_ms)
         self._socket.close()
         if self._auth is not None:
             self._auth.stop()

@@ -15,12 +15,15 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from iapc.errors import UserError
+
+log = logging.getLogger("iapc.runtime.sources")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 RETRY_FIRST_S = 0.1  # first wait before reopening a lost source; doubles up to retry_max_s
@@ -103,6 +106,13 @@ class CaptureSource(FrameSource):
                             f"{self.location}: {hint}")
         self._capture = capture
 
+    def native_fps(self) -> float | None:
+        """The file's own frame rate (CAP_PROP_FPS), None when it records none (or a camera)."""
+        if self.camera or self._capture is None:
+            return None
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        return float(fps) if fps and 0 < fps < 1000 else None
+
     def read(self) -> np.ndarray | None:
         """One frame, or None when the device fails or the file ends."""
         ok, image = self._capture.read()
@@ -128,17 +138,24 @@ class CaptureSource(FrameSource):
 class FileListSource(FrameSource):
     """Images read in order from a list of files, with Cityscapes labels where they exist."""
 
+    WARN_FIRST = 10  # unreadable files named one by one; the rest are only counted
+
     def __init__(self, images: list[Path], labels: list[Path | None] | None = None):
         self.images = images
         self.labels = labels or [None] * len(images)
+        self.unreadable = 0  # files OpenCV could not decode: skipped, counted, warned
 
     def frames(self) -> Iterator[Frame]:
         from iapc.data import read_train_ids
 
         for index, (path, label_path) in enumerate(zip(self.images, self.labels)):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                continue  # unreadable file: skipped here, counted by the loop as a missing index
+            if image is None:  # skipped (its index stays unused), counted and warned
+                self.unreadable += 1
+                if self.unreadable <= self.WARN_FIRST:
+                    log.warning("skipped %s: not an image OpenCV can decode (%d unreadable so "
+                                "far)", path, self.unreadable)
+                continue
             label = read_train_ids(label_path) if label_path is not None else None
             yield Frame(image, index, time.time_ns(), label, path.name)
 
@@ -334,6 +351,11 @@ class CaptureThread(threading.Thread):
         self.finished = False
         self.captured = 0
         self.dropped = 0
+
+    @property
+    def unreadable(self) -> int:
+        """Files of a folder source that could not be decoded (0 for other sources)."""
+        return getattr(self.source, "unreadable", 0)
 
     def run(self) -> None:
         try:

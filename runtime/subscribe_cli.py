@@ -29,24 +29,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from iapc.errors import UserError
-    from iapc.ros_bridge.subscriber import MaskSubscriber
+    from iapc.runtime.client import MaskSubscriber
+    from iapc.runtime.protocol import StatusKind
 
     if args.count < 0:
         raise UserError(f"--count must be 0 (no limit) or positive, got {args.count}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {args.timeout}")
     topics = tuple(t.encode() for t in args.topics)
+    listen = topics if b"status" in topics else topics + (b"status",)  # for the end message
     printed = 0
-    with MaskSubscriber(args.address, topics=topics, **curve_options(args)) as subscriber:
+    with MaskSubscriber(args.address, topics=listen, **curve_options(args)) as subscriber:
         while args.count == 0 or printed < args.count:
             try:
                 message = subscriber.receive_any(timeout=args.timeout)
             except TimeoutError as err:
+                if subscriber.handshake_failure:
+                    raise UserError(str(err)) from None
                 raise UserError(
-                    f"{err}: check that the runtime is running and publishing on {args.address}"
-                ) from err
-            print(format_message(message), flush=True)
-            printed += 1
+                    f"{err} and no end-of-stream message: the runtime hung, or is not running "
+                    f"and publishing on {args.address}") from None
+            if message.topic in topics:
+                print(format_message(message), flush=True)
+                printed += 1
+            if message.status is not None and message.status.get("kind") == StatusKind.END.value:
+                print(f"stream ended ({message.status.get('reason')}) after "
+                      f"{message.status.get('frames_published')} frames", flush=True)
+                return 0
     return 0
 
 

@@ -4,8 +4,17 @@ when it dies or hangs (inference goes on), and shuts both down cleanly on SIGINT
 Watchdog: the daemon touches ``RUN/daemon.heartbeat`` every second or so; when it has not for
 ``daemon_timeout`` seconds (``daemon_start_timeout`` before its first beat) the daemon is killed (SIGKILL: a hung process may ignore SIGTERM) and
 restarted. A daemon that exits with status 2 hit a user error (wrong checkpoint, bad option):
-restarting cannot help, so the runtime stops with that status. Restarts are announced to the
-inference process as events, which it republishes on the status topic.
+restarting cannot help, so the runtime stops with that status; so does a daemon that fails
+``FAST_FAILURES_LIMIT`` times in a row before its first heartbeat (it never got going: restarting
+would loop forever). Restarts are announced to the inference process as events, which it
+republishes on the status topic.
+
+The run folder (and the engine store, which has one writer) is locked for the runtime's lifetime:
+a second runtime on either refuses with one line naming the pid of the first.
+
+With adaptation off (``--no-adapt``) no daemon runs: the source checkpoint is exported once into
+``RUN/source-engines/<key>`` (``iapc export``) and that engine is served, whatever the adapted
+store holds; ``serve_store=True`` (``--resume-latest``) serves the store's newest version instead.
 
 Both children are plain ``python -m`` processes so the inference process never imports torch.
 Their logs go to ``RUN/inference.log`` and ``RUN/daemon.log``; one-line user errors reach the
@@ -32,15 +41,72 @@ log = logging.getLogger("iapc.runtime.supervisor")
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 STABLE_AFTER_S = 60.0  # a daemon that ran this long without trouble resets the backoff
 USER_ERROR_EXIT = 2  # iapc.errors.run_cli's status for a UserError
+FAILED_EXIT = 1  # the runtime gave up on a child that cannot run
+FAST_FAILURES_LIMIT = 3  # daemon exits before its first heartbeat, in a row, before giving up
+SUMMARY_FILE = run_folder.INFERENCE_SUMMARY
 
 
-def prepare_run_dir(cfg: RuntimeConfig) -> Path:
-    """Owner-only run folder holding the resolved config, logs, sockets and state."""
+def lock_run_dir(cfg: RuntimeConfig):
+    """Owner-only run folder, locked; returns (folder, lock files to keep open)."""
+    from iapc.runtime.lockfile import lock_folder
+
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
+    locks = [lock_folder(run_dir, "run folder", "pass --run-dir with another folder")]
+    store = cfg.resolved_store()
+    if cfg.adaptation.enabled:  # the daemon writes the store: one writer per store
+        locks.append(lock_folder(store, "engine store", "pass --store with another folder",
+                                 name=".writer.pid"))
+    return run_dir, locks
+
+
+def prepare_run_dir(cfg: RuntimeConfig) -> Path:
+    """Write the resolved config the children read (only once the folder is locked)."""
+    run_dir = cfg.resolved_run_dir()
     (run_dir / run_folder.CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
     return run_dir
+
+
+def source_engine_store(cfg: RuntimeConfig, checkpoint: str) -> Path:
+    """The store of the engine exported from ``checkpoint`` as it is, made once and reused.
+
+    Keyed by the file's content and the export settings, so another checkpoint or input size
+    gets its own engine and the adapted store is never touched.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    width, height = cfg.input_size
+    key = (f"{digest.hexdigest()[:16]}-{cfg.model}-{width}x{height}-{cfg.backend}"
+           f"{'-conf' if cfg.confidence else ''}")
+    return cfg.resolved_run_dir() / "source-engines" / key
+
+
+def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> None:
+    """``iapc export`` of the source checkpoint into ``store`` unless it already holds one."""
+    from iapc.errors import UserError
+    from iapc.export.store import EngineStore
+
+    if EngineStore(store).current() is not None:
+        return
+    width, height = cfg.input_size
+    command = [sys.executable, "-c", "from iapc.cli import main; main()", "export",
+               "--checkpoint", checkpoint, "--store", str(store), "--frame-size", f"{width}x{height}",
+               "--backend", cfg.backend, "--keep", "1"]
+    command += ["--model", cfg.model] if cfg.model else []
+    command += ["--confidence"] if cfg.confidence else []
+    log_path = cfg.resolved_run_dir() / "export.log"
+    with open(log_path, "ab") as log_file:
+        done = subprocess.run(command, stdout=log_file, stderr=subprocess.PIPE)
+        log_file.write(done.stderr)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        reason = lines[-1].split("error: ", 1)[-1]
+        raise UserError(f"exporting the source engine failed: {reason} (see {log_path})")
 
 
 class Child:
@@ -92,16 +158,26 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: RuntimeConfig, checkpoint: str, on_status=None):
+    def __init__(self, cfg: RuntimeConfig, checkpoint: str, on_status=None,
+                 serve_store: bool = False):
         self.cfg = cfg
-        self.run_dir = prepare_run_dir(cfg)
+        self.run_dir, self._locks = lock_run_dir(cfg)
+        self.started_ns = time.time_ns()
+        # --no-adapt serves the source model, not whatever the adapted store holds
+        self.serve_source = not cfg.adaptation.enabled and not serve_store
+        if self.serve_source:
+            cfg.store = str(source_engine_store(cfg, checkpoint))
+            export_source_engine(cfg, checkpoint, Path(cfg.store))
+        prepare_run_dir(cfg)
         config_arg = ["--config", str(self.run_dir / run_folder.CONFIG)]
         self.inference = Child("inference", "iapc.runtime.inference", config_arg, self.run_dir)
-        self.daemon = Child("daemon", "iapc.daemon.process",
-                            config_arg + ["--checkpoint", checkpoint], self.run_dir)
+        self.daemon = (None if self.serve_source else
+                       Child("daemon", "iapc.daemon.process",
+                             config_arg + ["--checkpoint", checkpoint], self.run_dir))
         self.on_status = on_status
         self.stopping = threading.Event()
         self.daemon_restarts = 0
+        self.fast_failures = 0  # daemon exits before its first heartbeat, in a row
         self.heartbeat_path = self.run_dir / run_folder.HEARTBEAT
         self.events = None  # EventSender to the inference process, made in run()
 
@@ -114,7 +190,7 @@ class Supervisor:
         return beat if beat >= self.daemon.started_at else None  # not a predecessor's
 
     def _kill_daemon_if_hung(self) -> None:
-        if self.daemon.poll() is not None or self.cfg.daemon_timeout <= 0:
+        if self.daemon is None or self.daemon.poll() is not None or self.cfg.daemon_timeout <= 0:
             return
         beat = self._last_heartbeat()
         silent = time.time() - (beat or self.daemon.started_at)
@@ -127,12 +203,14 @@ class Supervisor:
 
     def _restart_daemon_if_dead(self) -> int | None:
         """Restart a dead daemon; returns the exit status when it must not be restarted."""
-        code = self.daemon.poll()
+        code = None if self.daemon is None else self.daemon.poll()
         if code is None or self.stopping.is_set():
             return None
         if code == USER_ERROR_EXIT:
             self.daemon.relay.join(timeout=5.0)  # its one-line error reaches the terminal
             return code
+        if self._gave_up(code):
+            return FAILED_EXIT
         if time.time() - self.daemon.started_at > STABLE_AFTER_S:
             self.daemon_restarts = 0
         delay = RESTART_BACKOFF_S[min(self.daemon_restarts, len(RESTART_BACKOFF_S) - 1)]
@@ -144,6 +222,17 @@ class Supervisor:
         self._announce("daemon_restart", f"exit status {code}")
         return None
 
+    def _gave_up(self, code: int) -> bool:
+        """True (and one line said why) after FAST_FAILURES_LIMIT exits before a first beat."""
+        self.fast_failures = 0 if self._last_heartbeat() is not None else self.fast_failures + 1
+        if self.fast_failures < FAST_FAILURES_LIMIT:
+            return False
+        self.daemon.relay.join(timeout=5.0)
+        print(f"iapc-runtime: error: the adaptation daemon exited with {code} before it started, "
+              f"{self.fast_failures} times in a row: see {self.run_dir / 'daemon.log'}, or pass "
+              "--no-adapt to serve the source model", file=sys.stderr)
+        return True
+
     def _announce(self, kind: str, reason: str) -> None:
         if self.events is not None:
             self.events.send({"type": kind, "reason": reason, "restarts": self.daemon_restarts})
@@ -153,7 +242,8 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         from iapc.runtime.handoff import EventSender
 
-        self.daemon.start()  # it publishes the first engine when the store is empty
+        if self.daemon is not None:
+            self.daemon.start()  # it publishes the first engine when the store is empty
         self.inference.start()
         self.events = EventSender(run_folder.ipc_address(self.run_dir, run_folder.EVENTS_SOCKET))
         code = 0
@@ -171,6 +261,26 @@ class Supervisor:
                 self.stopping.wait(0.2)
         finally:
             inference_code = self.inference.stop()
-            self.daemon.stop()
+            if self.daemon is not None:
+                self.daemon.stop()
             self.events.close()
-        return code if code is not None else (inference_code or 0)
+        code = code if code is not None else (inference_code or 0)
+        if code == 0:  # an error already said what went wrong in its one line
+            print(self.summary_line(), file=sys.stderr)
+        return code
+
+    def summary_line(self) -> str:
+        """One line on what this run did, from the inference process's summary file."""
+        where = f"run folder {self.run_dir}"
+        try:
+            summary = json.loads((self.run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("finished_ns", 0) < self.started_ns:  # a predecessor's, or none
+            return f"iapc-runtime: stopped before the first frame; {where}"
+        drops = sum(summary.get(k, 0) for k in ("capture_dropped", "publish_dropped"))
+        engine = "source" if self.serve_source else "store"
+        return (f"iapc-runtime: {summary.get('frames_published', 0)} frames published "
+                f"({summary.get('frames_failed', 0)} failed, {summary.get('frames_unreadable', 0)}"
+                f" unreadable files, {drops} dropped), {len(summary.get('swaps', []))} swaps, "
+                f"{engine} engine v{summary.get('engine_version')} in service; {where}")

@@ -166,4 +166,4 @@ def test_bad_input_gives_one_line_user_errors(source_root, tmp_path, capsys):
     code = run_cli("iapc", lambda: cli_main(["evaluate", "--checkpoint", str(bad),
                                              "--root", str(source_root)]))
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "could not be read" in err
+    assert code == 2 and err.count("\n") == 1 and "is not a PyTorch checkpoint" in err

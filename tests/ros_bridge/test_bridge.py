@@ -18,7 +18,7 @@ from iapc.ros_bridge import cli
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
 from iapc.ros_bridge.rclpy_publisher import rclpy_available
 from iapc.ros_bridge.ros_messages import ImageMessage
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import ENCODING_CONFIDENCE, TOPIC_CONF, MaskHeader
 from iapc.runtime.publisher import MaskPublisher
 
@@ -196,7 +196,7 @@ def test_cli_reports_a_runtime_that_does_not_publish(tmp_path):
                     "--record", str(tmp_path / "idle.mcap"), "--timeout", "0.3")
     with pytest.raises(UserError, match="check that the runtime is running"):
         cli.run(args)
-    assert (tmp_path / "idle" / "metadata.yaml").exists()  # the bag was still closed properly
+    assert not (tmp_path / "idle").exists()  # nothing recorded: no empty bag folder left
 
 
 def test_bridge_modules_do_not_import_torch():

@@ -19,7 +19,7 @@ from iapc.errors import UserError
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
 from iapc.ros_bridge.dds import DdsSink, Header_, Time_, dds_topic_name, ros2_qos
 from iapc.ros_bridge.ros_messages import mask_image, serialize_image, serialize_string
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import MaskHeader
 from iapc.runtime.publisher import MaskPublisher
 

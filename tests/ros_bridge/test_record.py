@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from mcap.reader import make_reader
 from rosbags.rosbag2 import Reader
 
@@ -195,3 +196,18 @@ def test_foxglove_view_serves_images_to_a_websocket_client(tmp_path):
     with open(tmp_path / "view.mcap", "rb") as stream:
         topics = [channel.topic for _, channel, _ in make_reader(stream).iter_messages()]
     assert "/iapc/mask" in topics and "/iapc/status" in topics
+
+
+def test_record_says_where_the_bag_is_and_leaves_nothing_when_nothing_arrived(tmp_path, capsys):
+    """`--record rec1.mcap` writes rec1/rec1.mcap and says so; a failed run leaves no folder."""
+    from iapc.errors import UserError
+    from iapc.runtime.publisher import MaskPublisher
+
+    record = tmp_path / "rec1.mcap"
+    with MaskPublisher("tcp://127.0.0.1:*") as pub:  # publishes nothing: the bridge times out
+        with pytest.raises(UserError, match="check that the runtime is running"):
+            run_cli("--address", pub.endpoint, "--transport", "none", "--record", str(record),
+                    "--count", "1", "--timeout", "0.5")
+    assert not (tmp_path / "rec1").exists() and not record.exists()
+    assert f"nothing recorded, no bag written ({tmp_path / 'rec1'} removed)" in \
+        capsys.readouterr().err

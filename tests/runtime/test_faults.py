@@ -22,8 +22,8 @@ import zmq
 
 from support import Collector, free_port, start_runtime
 from iapc.export.store import CorruptVersion, EngineStore
-from iapc.ros_bridge.subscriber import MaskSubscriber
 from iapc.runtime import run_folder
+from iapc.runtime.client import MaskSubscriber
 
 FAULTS = "bad=0.03,resize=0.03,outage=0.004,outage_s=0.6"
 

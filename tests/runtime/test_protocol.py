@@ -180,3 +180,34 @@ def test_deeply_nested_json_is_a_protocol_error():
         p.decode_mask_message([p.TOPIC_MASK, b"[" * 30_000 + b"]" * 30_000, b""])
     with pytest.raises(p.HeaderJSONError, match="exceeds"):
         p.decode_mask_message([p.TOPIC_MASK, b"[" * 100_000, b""])
+
+
+def test_protocol_document_lists_every_status_kind_and_field_from_the_typed_list():
+    """docs/PROTOCOL.md's status tables are generated from STATUS_SPECS and must stay equal."""
+    from pathlib import Path
+
+    from iapc.runtime.protocol import STATUS_SPECS, StatusKind, status_reference_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
+    start = doc.index("<!-- status kinds: generated from runtime/protocol.py STATUS_SPECS -->")
+    end = doc.index("<!-- end of status kinds -->")
+    section = doc[start:end].split("\n", 1)[1]
+    assert section == status_reference_markdown(), "regenerate the tables from STATUS_SPECS"
+    assert {spec.kind for spec in STATUS_SPECS} == set(StatusKind)
+    for key in ("boot_id", "Security (CURVE)", "ZMQ_CURVE_SERVERKEY", "handoff_dropped",
+                "CLOCK_REALTIME", "before the first mask of the new engine", "Slow clients"):
+        assert key in doc, key
+
+
+def test_the_loop_sends_only_documented_status_kinds():
+    """Every kind literal the runtime publishes is in the typed list."""
+    import re
+    from pathlib import Path
+
+    from iapc.runtime.protocol import STATUS_KINDS
+
+    runtime = Path(__file__).resolve().parents[2] / "runtime"
+    sent = set()
+    for name in ("loop.py", "sources.py"):
+        sent |= set(re.findall(r'"kind": "(\w+)"', (runtime / name).read_text()))
+    assert sent and sent <= set(STATUS_KINDS), sent - set(STATUS_KINDS)

@@ -6,8 +6,8 @@ import signal
 import time
 
 from support import free_port, start_runtime
-from iapc.ros_bridge.subscriber import MaskSubscriber
 from iapc.runtime import run_folder
+from iapc.runtime.client import MaskSubscriber
 
 FRAMES = 240
 

@@ -12,7 +12,7 @@ import pytest
 
 from support import free_port, runtime_command
 from iapc.errors import UserError
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import MaskHeader
 from iapc.runtime.publisher import MaskPublisher
 from iapc.runtime.security import (generate_keys, load_client_keys, load_public_key,
@@ -50,7 +50,7 @@ def test_a_secret_readable_by_others_is_refused(tmp_path):
 def test_store_and_run_folders_are_owner_only(tmp_path):
     from iapc.export.store import EngineStore
     from iapc.runtime.config import RuntimeConfig
-    from iapc.runtime.supervisor import prepare_run_dir
+    from iapc.runtime.supervisor import lock_run_dir
 
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not really onnx")
@@ -58,8 +58,10 @@ def test_store_and_run_folders_are_owner_only(tmp_path):
     version = store.publish(onnx)
     assert mode(store.root) == 0o700 and mode(version.path) == 0o700
     assert all(mode(p) == 0o600 for p in version.path.iterdir())
-    run_dir = prepare_run_dir(RuntimeConfig(run_dir=str(tmp_path / "run")))
+    run_dir, locks = lock_run_dir(RuntimeConfig(run_dir=str(tmp_path / "run")))
     assert mode(run_dir) == 0o700
+    for lock in locks:
+        lock.close()
 
 
 def send_until_received(publisher, subscriber, seconds):

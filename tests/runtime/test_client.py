@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from iapc.errors import UserError
-from iapc.ros_bridge.subscriber import MaskSubscriber
+from iapc.runtime.client import MaskSubscriber
 from iapc.runtime import subscribe_cli
 from iapc.runtime.protocol import (
     TOPIC_MASK,
@@ -242,10 +242,38 @@ def test_cli_prints_one_line_per_message(pub, capsys):
 
 
 def test_cli_timeout_is_a_one_line_user_error(pub):
-    with pytest.raises(UserError, match="check that the runtime is running"):
+    with pytest.raises(UserError, match="no end-of-stream message: the runtime hung, or is not "
+                                         "running"):
         subscribe_cli.run(cli_args("--address", pub.endpoint, "--count", "1", "--timeout", "0.1"))
 
 
 def test_cli_bad_address_is_a_user_error():
     with pytest.raises(UserError, match="cannot connect"):
         subscribe_cli.run(cli_args("--address", "localhost", "--count", "1"))
+
+
+def test_runtime_never_imports_the_ros_bridge():
+    """The client lives with the protocol: ros_bridge builds on runtime, never the reverse."""
+    from pathlib import Path
+
+    runtime = Path(__file__).resolve().parents[2] / "runtime"
+    offenders = [p.name for p in runtime.glob("*.py") if "ros_bridge" in p.read_text()]
+    assert offenders == []
+
+
+def test_cli_stops_at_the_end_of_stream_message(pub, capsys):
+    """An end status (the runtime stopped) ends `iapc subscribe` with exit 0 and one line."""
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault(
+        "code", subscribe_cli.run(cli_args("--address", pub.endpoint, "--topics", "mask",
+                                           "--timeout", "5"))))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while thread.is_alive() and time.monotonic() < deadline:
+        pub.publish_status({"kind": "end", "reason": "source_ended", "frames_published": 7,
+                            "engine_version": 1, "time_ns": time.time_ns()})
+        time.sleep(0.05)
+    thread.join(5)
+    assert done.get("code") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        "stream ended (source_ended) after 7 frames"

@@ -1,4 +1,7 @@
-"""ZeroMQ SUB client of the wire protocol, newest message wins.
+"""ZeroMQ SUB client of the wire protocol (docs/PROTOCOL.md), newest message wins.
+
+It lives beside the protocol it speaks so that every client (`iapc subscribe`, `iapc replay`, the
+live figures, the ROS 2 bridge) imports the runtime package and never the reverse.
 
 A background thread owns the SUB socket and drains it continuously, decoding every message and
 keeping only the newest one per topic (or a short FIFO with ``newest_wins=False``). So the socket's
@@ -117,6 +120,12 @@ class MaskSubscriber:
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._socket = self._open_socket(address, rcvhwm)
+        # Handshake failures are invisible to a SUB socket (it just receives nothing): watch
+        # them, so that a timeout can say "this runtime needs CURVE keys" instead of "not running".
+        self.handshake_failure: str | None = None
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         # The socket is created and connected here so that a bad address fails in the caller;
         # from now on only the receive thread touches it (ZeroMQ sockets are not thread-safe).
         self._thread = threading.Thread(target=self._receive_loop, name="mask-subscriber",
@@ -151,15 +160,36 @@ class MaskSubscriber:
 
     def _receive_loop(self) -> None:
         try:
+            poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
             while not self._stop.is_set():
-                if self._socket.poll(_POLL_MS, zmq.POLLIN):
+                ready = dict(poller.poll(_POLL_MS))
+                if self._monitor in ready:
+                    self._note_handshake_failure()
+                if self._socket in ready:
                     self._drain()
         except Exception as err:  # noqa: BLE001 - surfaced to receive() instead of a silent hang
             with self._ready:
                 self._error = RuntimeError(f"subscriber receive thread died: {err!r}")
                 self._ready.notify_all()
         finally:
+            self._socket.disable_monitor()
+            self._monitor.close()
             self._socket.close()
+
+    def _note_handshake_failure(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        event = recv_monitor_message(self._monitor)
+        curve = self._curve[0] is not None
+        self.handshake_failure = (
+            "the runtime refused this client's CURVE keys: add its public key to the runtime's "
+            "authorized/ folder ('iapc keys') and pass the runtime's server.key" if curve else
+            "the runtime requires CURVE encryption: pass its public key and this client's key "
+            "pair (iapc subscribe --curve-server-key server.key --curve-client-secret "
+            "NAME.key_secret)")
+        self.handshake_failure += f" (handshake event {event['event']})"
 
     def _drain(self) -> None:
         """Take every queued message, so the newest one is what stays."""
@@ -233,7 +263,9 @@ class MaskSubscriber:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     names = " or ".join(t.decode() for t in topics)
-                    raise TimeoutError(f"no {names} message from {self.address} in {timeout} s")
+                    why = f": {self.handshake_failure}" if self.handshake_failure else ""
+                    raise TimeoutError(f"no {names} message from {self.address} in {timeout} s"
+                                       f"{why}")
                 self._ready.wait(remaining)
 
     def _raise_pending_error(self) -> None:
