@@ -184,14 +184,14 @@ class AdaptConfig:
         return to_plain(resolved)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AdaptConfig":
+    def from_dict(cls, values: dict[str, Any], where: str = "method") -> "AdaptConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known - {"preset_definition"})
         if unknown:
             raise UserError(f"unknown adaptation option(s) {', '.join(unknown)}: "
                             f"valid ones are {', '.join(sorted(known))}")
         values = {k: v for k, v in values.items() if k != "preset_definition"}
-        return from_plain(cls, values, "method")
+        return from_plain(cls, values, where)
 
     def check(self) -> None:
         check(self, "method")

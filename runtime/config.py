@@ -142,8 +142,9 @@ class RuntimeConfig:
         method = data.pop("method", None)
         cfg = from_plain(cls, data, "config")
         if method is not None:
-            cfg.method = AdaptConfig.from_dict(method) if isinstance(method, dict) else \
-                from_plain(AdaptConfig, method, "config.method")
+            if isinstance(method, dict):  # a saved ad-hoc preset is not a runtime setting
+                method = {k: v for k, v in method.items() if k != "preset_definition"}
+            cfg.method = from_plain(AdaptConfig, method, "config.method")
         return cfg
 
     def check(self) -> None:

@@ -74,6 +74,8 @@ def check_bind_address(address: str, allow_remote: bool) -> None:
     host, colon, port = rest.rpartition(":")
     if not colon or not host or not (port == "*" or port.isdigit()):
         raise UserError(f"bad address {address!r}: use tcp://HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    if port != "*" and not 1 <= int(port) <= 65535:
+        raise UserError(f"bad address {address!r}: the port must be 1..65535 (or * for any free one)")
     if not allow_remote and not is_loopback_host(host):
         raise UserError(
             f"binding {host} exposes the masks to the network: pass --curve-keys DIR or "

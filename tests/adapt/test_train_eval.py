@@ -123,6 +123,22 @@ def test_evaluate_cli_prints_table_and_writes_json(trained, source_root, tmp_pat
     assert f"{100 * direct['miou']:6.2f}" in printed
 
 
+def test_evaluate_defaults_to_the_size_the_checkpoint_was_trained_at(trained, source_root,
+                                                                     tmp_path, capsys):
+    _, path = trained
+    scores = {}
+    for name, size_args in (("default", []), ("explicit", ["--size", "128x64"]),
+                            ("other", ["--size", "64x32"])):
+        out = tmp_path / f"{name}.json"
+        assert cli_main(["evaluate", "--checkpoint", str(path), "--root", str(source_root),
+                         "--json", str(out), "--device", "cpu", *size_args]) == 0
+        scores[name] = json.loads(out.read_text())["miou"]
+        warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning")]
+        assert len(warnings) == (1 if name == "other" else 0), warnings
+    assert scores["default"] == scores["explicit"]  # trained at 128x64, recorded in the file
+    assert load_model(path)[1]["input_size"] == SIZE
+
+
 def test_train_source_cli_writes_a_checkpoint(source_root, tmp_path, capsys):
     out = tmp_path / "cli.pth"
     code = cli_main(["train-source", "--root", str(source_root), "--out", str(out), "--iters", "3",
