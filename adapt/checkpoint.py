@@ -175,7 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def facts() -> int:
-        _, meta = load_model(args.checkpoint, args.model, args.num_classes)
+        try:
+            _, meta = load_model(args.checkpoint, args.model, args.num_classes)
+        except UserError:
+            raise
+        except Exception as err:  # a file that reads but does not hold what it should
+            raise UserError(f"checkpoint {args.checkpoint} could not be loaded ({type(err).__name__}: "
+                            f"{err}): expected a file written by 'iapc train-source' or "
+                            "'iapc adapt', or a released {'state_dict': ...} file") from None
         print(json.dumps({"model": meta["model"], "num_classes": meta["num_classes"],
                           "input_size": meta["input_size"]}))
         return 0

@@ -77,6 +77,25 @@ class Adapter:
         """Back to the source model and a fresh state."""
         self.__init__(self.source, self.cfg)
 
+    @torch.no_grad()
+    def recalibrate(self, batch: torch.Tensor) -> None:
+        """BatchNorm running statistics of the deployable network := the plain average over
+        ``batch`` (uint8 (N, 3, H, W) RGB of a new domain), so that a domain met for the first
+        time is served with its own normalisation at once. Weights are untouched."""
+        network = self.deployable()
+        norms = _batch_norms(network)
+        if not norms:
+            return
+        momenta, modes = [bn.momentum for bn in norms], [bn.training for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average
+            bn.train()
+        network(normalize(batch.to(_device_of(network)), network.norm))
+        for bn, momentum, mode in zip(norms, momenta, modes):
+            bn.momentum = momentum
+            bn.train(mode)
+
     def skipped(self, stats: dict[str, Any]) -> bool:
         return bool(stats.get("skipped", False))
 
@@ -221,6 +240,10 @@ class IAPC(Adapter):
     def reset(self):
         source = self.source
         self.__init__(source, self.cfg)
+
+    def recalibrate(self, batch):
+        super().recalibrate(batch)
+        self.memory.load_state_dict(self.target.state_dict())  # same weights after a reset
 
 
 def stochastic_restore(target: nn.Module, source: nn.Module, probability: float,

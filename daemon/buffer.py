@@ -39,6 +39,15 @@ class FrameBuffer:
         frames = np.stack([self.train[i] for i in picks])  # (N, H, W, 3) BGR
         return camera_to_rgb(torch.from_numpy(frames))
 
+    def keep_only_latest(self, count: int) -> torch.Tensor | None:
+        """Forget all but the ``count`` latest training frames and every held-out one (after a
+        domain shift); returns those frames as uint8 (N, 3, H, W) RGB, None if there are none."""
+        latest = list(self.train)[-count:]
+        self.train.clear()
+        self.train.extend(latest)
+        self.holdout.clear()
+        return camera_to_rgb(torch.from_numpy(np.stack(latest))) if latest else None
+
     def parity_frames(self, frame_size: tuple[int, int]) -> np.ndarray:
         """uint8 (N, H, W, 3) BGR: the latest frames, or mid-grey when none have arrived yet."""
         width, height = frame_size

@@ -44,6 +44,7 @@ from iapc.adapt.method import AdaptConfig
 from iapc.adapt.methods import deployed, make_adapter
 from iapc.errors import UserError, run_cli
 from iapc.daemon.buffer import FrameBuffer
+from iapc.daemon.domains import DomainBank, Shift
 from iapc.daemon.health import check_health
 from iapc.export.deploy import Candidate, DeployOptions, deploy
 from iapc.export.store import EngineStore
@@ -109,20 +110,43 @@ class AdaptationDaemon:
         self.last_export = time.monotonic()
         self.stopping = False
         self.losses: dict = {}
+        self.bank, self.tracker, self.domain_order = self._domain_bank()
+
+    def _domain_bank(self):
+        """(bank, tracker, recency order) when the bank is on and the method adapts, else Nones."""
+        a = self.cfg.adaptation
+        if not (a.domain_bank and a.enabled and self.adapter.updates_weights):
+            return None, None, []
+        bank = DomainBank(self.store.root, a.domain_bank_size)
+        tracker, order = bank.load_tracker(z_threshold=a.shift_z, window=a.shift_window,
+                                           min_frames=a.domain_min_frames)
+        return bank, tracker, order
 
     @property
     def step_count(self) -> int:
         return self.adapter.step_count
 
     # persistence -------------------------------------------------------------------------------
-    def save_state(self, version: int) -> None:
+    def write_state(self, path: Path, version: int | None) -> None:
         """The adaptation state as an ordinary checkpoint of the deployed network (read by
         ``iapc evaluate``, ``iapc export`` and ``iapc adapt --resume``), plus the method's state."""
-        save_checkpoint(self.state_path, self.cfg.model, self.adapter.deployable(),
+        save_checkpoint(path, self.cfg.model, self.adapter.deployable(),
                         {"adapt": self.method.to_dict(), "runtime": self.cfg.to_dict()},
                         step=self.step_count, input_size=list(self.cfg.input_size),
-                        method=self.method.method, version=int(version),
+                        method=self.method.method, version=version,
+                        domain=self.tracker.current if self.tracker else None,
                         **self.adapter.state_dict())
+
+    def load_state(self, path: Path) -> dict:
+        payload = read_checkpoint_file(path)
+        if payload.get("method", "iapc") != self.method.method:
+            raise UserError(f"it was made by --method {payload.get('method')}")
+        self.adapter.deployable().load_state_dict(payload["state_dict"])
+        self.adapter.load_state_dict(payload)
+        return payload
+
+    def save_state(self, version: int) -> None:
+        self.write_state(self.state_path, int(version))
         self.deployed_step = self.step_count
         self.serving.load_state_dict(self.adapter.deployable().state_dict())
 
@@ -131,11 +155,7 @@ class AdaptationDaemon:
         if not self.state_path.is_file():
             return False
         try:
-            payload = read_checkpoint_file(self.state_path)
-            if payload.get("method", "iapc") != self.method.method:
-                raise UserError(f"it was made by --method {payload.get('method')}")
-            self.adapter.deployable().load_state_dict(payload["state_dict"])
-            self.adapter.load_state_dict(payload)
+            payload = self.load_state(self.state_path)
         except Exception as err:  # a damaged or foreign state file: start from the source model
             log.error("cannot resume from %s (%s): starting from the source model",
                       self.state_path, err)
@@ -256,8 +276,41 @@ class AdaptationDaemon:
             time.sleep(busy_seconds * (1 - duty) / duty)
 
     def keep(self, image: np.ndarray) -> None:
-        """A received frame goes to the training buffer, or every k-th to the held-out one."""
+        """A received frame goes to the training buffer, or every k-th to the held-out one;
+        with the domain bank it may also reveal that the stream changed domain."""
         self.frames.keep(image)
+        shift = self.tracker.observe(image) if self.tracker is not None else None
+        if shift is not None:
+            self.switch_domain(shift)
+
+    # domain changes ----------------------------------------------------------------------------
+    def switch_domain(self, shift: Shift) -> None:
+        """Bank the state of the domain left; resume the one entered from its banked state, or
+        start a new one from the source model with its own BatchNorm statistics; deploy it now."""
+        self.bank.folder.mkdir(parents=True, exist_ok=True)
+        self.write_state(self.bank.state_path(shift.came_from), None)
+        # frames of the old domain must not train the new one's state
+        latest = self.frames.keep_only_latest(self.cfg.adaptation.shift_window)
+        restored = shift.known and self.bank.has(shift.to)
+        if restored:
+            self.load_state(self.bank.state_path(shift.to))
+        else:
+            self.adapter.reset()
+            if latest is not None:
+                self.adapter.recalibrate(latest)
+        self.domain_order = [d for d in self.domain_order if d != shift.to] + [shift.to]
+        self.domain_order = self.bank.evict(self.tracker, self.domain_order)
+        self.bank.save_tracker(self.tracker, self.domain_order)
+        # the engine this domain was last served with is the health gate's reference
+        self.serving.load_state_dict(self.adapter.deployable().state_dict())
+        log.info("domain shift %d -> %d (%s, score %.2f)", shift.came_from, shift.to,
+                 "banked state" if restored else "new: source model, own BN statistics",
+                 shift.score)
+        self.events.send({"type": "domain_shift", "domain": shift.to, "from": shift.came_from,
+                          "known": restored, "score": round(shift.score, 3),
+                          "step": self.step_count})
+        self.export_version()
+        self.last_export = time.monotonic()
 
     def remove_leftovers(self) -> None:
         """Export folders of a daemon that was killed mid-export."""

@@ -91,7 +91,8 @@ def check(config: Any, where: str = "config") -> None:
             check(value, f"{where}.{f.name}")
         elif f.metadata and not _in_range(value, f):
             flag = f" ({flag_name(f)})" if f.metadata.get("cli") else ""
-            raise UserError(f"{where}.{f.name}{flag} is {value!r}: it must be "
+            shown = "x".join(str(v) for v in value) if isinstance(value, tuple) else repr(value)
+            raise UserError(f"{where}.{f.name}{flag} is {shown}: it must be "
                             f"{describe_range(f)}")
 
 
@@ -168,7 +169,8 @@ def _parser_type(hint: Any, f: dataclasses.Field):
     if _is_size(hint):
         if typing.get_args(options[0]) and typing.get_args(options[0])[0] is float:
             return _float_pair(f)
-        return lambda text: parse_size(text)
+        minimum = int(f.metadata.get("minimum") or 1)
+        return lambda text: parse_size(text, minimum=minimum)
     kind = options[0]
     if kind is bool:
         return None

@@ -71,6 +71,17 @@ class AdaptationConfig:
                                  "training (0: none)", minimum=0, cli=False)
     heartbeat_every: float = setting(1.0, "seconds between the daemon's heartbeats", above=0,
                                      cli=False)
+    # A bank of adapted states per recognised domain (docs/METHOD.md, "Domain changes"): on a
+    # return to a domain seen before, its state and engine come back at once; a new domain
+    # starts from the source model with its own normalisation statistics.
+    domain_bank: bool = setting(True, "keep adapted states per recognised domain")
+    domain_bank_size: int = setting(4, "domains kept in the bank", minimum=1, cli=False)
+    shift_z: float = setting(1.2, "descriptor z-score above which a frame is far from its "
+                             "domain", above=0, cli=False)
+    shift_window: int = setting(8, "far frames in a row that make a domain shift", minimum=1,
+                                cli=False)
+    domain_min_frames: int = setting(32, "frames a domain needs before it can be left or "
+                                     "recognised", minimum=1, cli=False)
 
 
 @dataclass

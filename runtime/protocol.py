@@ -368,7 +368,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("fps", "number", "published frames per second, recent average"),
         _f("latency_ms", "object", "`{\"p50\", \"p90\", \"p99\"}` capture-to-publish latency, numbers or null before the first frame"),
         _f("adaptation", "object", "latest adaptation statistics (`step`, `buffer`, one number per loss); `{}` before the first"),
-        _f("decisions", "object", "count per decision kind: `deployed`, `rejected_parity`, `rejected_health`, `rollback`, `export_failed`, `daemon_restart`, `daemon_hung`, `engine_rejected`, `bad_frame`, `source_lost`, `source_resumed`"),
+        _f("decisions", "object", "count per decision kind: `deployed`, `rejected_parity`, `rejected_health`, `rollback`, `export_failed`, `daemon_restart`, `daemon_hung`, `domain_shift`, `engine_rejected`, `bad_frame`, `source_lost`, `source_resumed`"),
         _f("source", "object", "`{\"state\": \"ok\" | \"lost\", \"outages\": integer}`"),
         _f("miou", "number or null", "running mIoU of the published masks against the source's labels, when it has them"),
     )),
@@ -381,7 +381,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("time_ns", "integer", "wall clock of the switch"),
     )),
     StatusSpec(StatusKind.ADAPTATION, "on each adaptation decision", (
-        _f("type", "string", "`version` (a new engine passed parity and health and was stored), `rejected` (a gate refused a candidate), `rollback` (adaptation state returned to the last deployed one), `export_failed` (writing the engine failed, e.g. disk full), `daemon_hung` / `daemon_restart` (the supervisor restarted the adaptation daemon)"),
+        _f("type", "string", "`version` (a new engine passed parity and health and was stored), `rejected` (a gate refused a candidate), `rollback` (adaptation state returned to the last deployed one), `export_failed` (writing the engine failed, e.g. disk full), `daemon_hung` / `daemon_restart` (the supervisor restarted the adaptation daemon), `domain_shift` (the frames moved to another domain: its banked state, or a new one, is deployed next)"),
         _f("step", "integer", "adaptation step"),
         _f("version", "integer", "`version`: the stored engine version"),
         _f("parity", "number", "`version`: agreement of the engine with PyTorch"),
@@ -390,6 +390,10 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("gate", "string", "`rejected`: `parity` or `health`"),
         _f("reason", "string", "`rejected`, `rollback`, `export_failed`, `daemon_*`: why"),
         _f("restarts", "integer", "`daemon_*`: restarts so far"),
+        _f("domain", "integer", "`domain_shift`: the domain entered (ids of the daemon's bank)"),
+        _f("from", "integer", "`domain_shift`: the domain left"),
+        _f("known", "boolean", "`domain_shift`: true when the domain was seen before and its adapted state comes back"),
+        _f("score", "number", "`domain_shift`: how far the new frames are from the domain left (descriptor z-score)"),
     )),
     StatusSpec(StatusKind.ENGINE, "when a stored engine cannot be used here", (
         _f("state", "string", "`rejected`: the engine failed to load or warm up"),

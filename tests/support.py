@@ -4,12 +4,17 @@ Starting and watching a runtime is the replay tooling's job; the tests use its f
 """
 
 import subprocess
+import time
 
 from iapc.replay.launch import free_loopback_port as free_port
 from iapc.replay.launch import runtime_executable
 from iapc.replay.record import Collector
+from iapc.runtime.client import MaskSubscriber
 
-__all__ = ["Collector", "free_port", "runtime_command", "start_runtime"]
+__all__ = ["Collector", "Events", "FRAMES", "collect", "free_port", "runtime_args", "runtime_command",
+           "start_runtime"]
+
+FRAMES = 240  # frames of the end-to-end runs
 
 
 def runtime_command(*args: str) -> list[str]:
@@ -19,3 +24,53 @@ def runtime_command(*args: str) -> list[str]:
 def start_runtime(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(runtime_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             **kwargs)
+
+
+def runtime_args(run_dir, port, checkpoint, frames=FRAMES):
+    config = run_dir.parent / "runtime.yaml"
+    # Small export interval so that several versions are deployed within the test; the daemon
+    # keeps normal priority and no duty-cycle limit so the test does not depend on how busy
+    # the machine is.
+    config.write_text("adaptation:\n  nice: 0\n  duty_cycle: 1.0\n  export_every_steps: 3\n"
+                      "  batch_size: 2\n")
+    return ["--config", str(config), "--synthetic", "fog", "--fps", "20", "--max-frames", str(frames),
+            "--checkpoint", str(checkpoint), "--model", "tiny", "--input-size", "128x64",
+            "--run-dir", str(run_dir), "--publish", f"tcp://127.0.0.1:{port}",
+            "--quiet"]
+
+
+def collect(port, args, timeout=100.0):
+    """Start the runtime with ``args``; every mask header it publishes until it exits."""
+    headers = []
+    # subscribed before the runtime starts, so that not even the first mask is missed
+    with MaskSubscriber(f"tcp://127.0.0.1:{port}", newest_wins=False) as sub:
+        process = start_runtime(*args)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                header, mask = sub.receive(timeout=0.5)
+            except TimeoutError:
+                if process.poll() is not None:
+                    break
+                continue
+            assert mask.shape == (64, 128) and mask.max() < 19
+            headers.append(header)
+    return headers, process
+
+
+class Events:
+    """Receives the daemon's events on the ipc socket the inference process would bind."""
+
+    def __init__(self, run_dir):
+        from iapc.runtime.handoff import EventReceiver
+        from iapc.runtime.run_folder import EVENTS_SOCKET, ipc_address
+
+        self.receiver = EventReceiver(ipc_address(run_dir, EVENTS_SOCKET))
+
+    def all(self, timeout_ms=2000):
+        found = self.receiver.poll(timeout_ms)
+        while True:
+            more = self.receiver.poll(100)
+            if not more:
+                return found
+            found += more

@@ -65,7 +65,8 @@ def test_own_checkpoints_round_trip_with_their_config(tmp_path):
     model = build_model("tiny", num_classes=5).eval()
     save_checkpoint(tmp_path / "m.pt", "tiny", model, {"lr": 0.1}, step=12)
     loaded, meta = load_model(tmp_path / "m.pt")
-    assert meta == {"model": "tiny", "num_classes": 5, "config": {"lr": 0.1}, "step": 12}
+    assert meta == {"model": "tiny", "num_classes": 5, "config": {"lr": 0.1}, "step": 12,
+                    "input_size": None, "method": None}  # neither recorded in this file
     x = torch.randn(2, 3, 32, 64)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x)[0], model(x)[0])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from support import Events
+
 from iapc.adapt.models import build_model
 from iapc.synth import sample_frames
 from iapc.export.store import EngineStore
@@ -114,24 +116,6 @@ def test_a_sudden_distribution_jump_is_rejected(frames):
 
 
 # -- the daemon's decisions ---------------------------------------------------------------------
-
-class Events:
-    """Receives the daemon's events on the ipc socket the inference process would bind."""
-
-    def __init__(self, run_dir):
-        from iapc.runtime.handoff import EventReceiver
-        from iapc.runtime.run_folder import ipc_address
-
-        self.receiver = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
-
-    def all(self, timeout_ms=2000):
-        found = self.receiver.poll(timeout_ms)
-        while True:
-            more = self.receiver.poll(100)
-            if not more:
-                return found
-            found += more
-
 
 @pytest.fixture()
 def daemon(tmp_path, frames):

@@ -76,10 +76,20 @@ def test_a_pickled_checkpoint_is_refused_by_the_daemon_in_one_line(bad_checkpoin
                           "state_dict()")
 
 
-def test_a_daemon_that_never_starts_is_given_up_after_a_few_tries(bad_checkpoints, tmp_path):
-    started = time.monotonic()
+def test_a_checkpoint_without_its_class_count_is_refused_before_any_process(bad_checkpoints,
+                                                                            tmp_path):
     code, lines, err = run_once("--checkpoint", str(bad_checkpoints / "crashing.pt"), "--run-dir",
-                                str(tmp_path / "run"), "--synthetic", "fog", *SMALL, timeout=240)
+                                str(tmp_path / "run"), "--synthetic", "fog", *SMALL, timeout=120)
+    assert_one_error_line(code, lines, err, 2, "could not be loaded", "num_classes")
+    assert not (tmp_path / "run" / "daemon.log").exists()  # no daemon was started
+
+
+def test_a_daemon_that_never_starts_is_given_up_after_a_few_tries(tiny_checkpoint, tmp_path):
+    # a device name torch cannot parse: the daemon dies in its constructor, every time
+    started = time.monotonic()
+    code, lines, err = run_once("--checkpoint", str(tiny_checkpoint), "--run-dir",
+                                str(tmp_path / "run"), "--synthetic", "fog", "--adapt-device",
+                                "no-such-device", *SMALL, timeout=240)
     assert code == 1 and "Traceback" not in err, err[-2000:]
     # a restart notice per try, then the one line that says why the runtime gave up
     assert all("restarting in" in line for line in lines[:-1]) and len(lines) == 3, lines

@@ -56,3 +56,21 @@ def test_an_out_of_range_config_key_is_one_line_and_exit_2(tmp_path, text, names
     done = _run("--config", str(tmp_path / "runtime.yaml"), cwd=tmp_path)
     line = _one_line(done)
     assert done.returncode == 2 and names in line and allowed in line, line
+
+
+def test_a_store_of_another_input_size_is_refused_before_any_process(tmp_path, tiny_checkpoint):
+    from iapc.adapt.checkpoint import load_model
+    from iapc.export.manifest import INPUT_SIZE_KEY
+    from iapc.export.onnx_export import export_onnx
+    from iapc.export.store import EngineStore
+
+    model, _ = load_model(tiny_checkpoint, "tiny")
+    store = EngineStore(tmp_path / "store")
+    store.publish(export_onnx(model.eval(), tmp_path / "v1.onnx", frame_size=(128, 64)),
+                  manifest_extra={INPUT_SIZE_KEY: [128, 64]})
+    done = _run("--checkpoint", str(tiny_checkpoint), "--store", str(store.root),
+                "--input-size", "96x64", "--synthetic", "fog", "--quiet", cwd=tmp_path)
+    line = [l for l in done.stderr.strip().splitlines() if "warning" not in l][-1]
+    assert done.returncode == 2 and "--input-size 128x64" in line, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [v.number for v in store.versions()] == [1]  # nothing written to the store

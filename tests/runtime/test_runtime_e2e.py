@@ -5,43 +5,9 @@ import json
 import signal
 import time
 
-from support import free_port, start_runtime
+from support import FRAMES, collect, free_port, runtime_args, start_runtime
 from iapc.runtime import run_folder
 from iapc.runtime.client import MaskSubscriber
-
-FRAMES = 240
-
-
-def runtime_args(run_dir, port, checkpoint, frames=FRAMES):
-    config = run_dir.parent / "runtime.yaml"
-    # Small export interval so that several versions are deployed within the test; the daemon
-    # keeps normal priority and no duty-cycle limit so the test does not depend on how busy
-    # the machine is.
-    config.write_text("adaptation:\n  nice: 0\n  duty_cycle: 1.0\n  export_every_steps: 3\n"
-                      "  batch_size: 2\n")
-    return ["--config", str(config), "--synthetic", "fog", "--fps", "20", "--max-frames", str(frames),
-            "--checkpoint", str(checkpoint), "--model", "tiny", "--input-size", "128x64",
-            "--run-dir", str(run_dir), "--publish", f"tcp://127.0.0.1:{port}",
-            "--quiet"]
-
-
-def collect(port, args, timeout=100.0):
-    """Start the runtime with ``args``; every mask header it publishes until it exits."""
-    headers = []
-    # subscribed before the runtime starts, so that not even the first mask is missed
-    with MaskSubscriber(f"tcp://127.0.0.1:{port}", newest_wins=False) as sub:
-        process = start_runtime(*args)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                header, mask = sub.receive(timeout=0.5)
-            except TimeoutError:
-                if process.poll() is not None:
-                    break
-                continue
-            assert mask.shape == (64, 128) and mask.max() < 19
-            headers.append(header)
-    return headers, process
 
 
 def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):

@@ -1,0 +1,95 @@
+"""Domain changes: recognising them label-free, and the bank of adapted states per domain."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from iapc.daemon.domains import DomainBank, DomainTracker, describe
+from iapc.synth import stream
+
+SIZE = (128, 64)
+
+
+def frames(domain: str, count: int, seed: int = 0) -> list[np.ndarray]:
+    return [image for image, _ in itertools.islice(stream(domain, SIZE, seed=seed), count)]
+
+
+def shifts(tracker: DomainTracker, images) -> list:
+    return [s for s in (tracker.observe(i) for i in images) if s is not None]
+
+
+def test_descriptor_is_small_and_bounded():
+    d = describe(frames("night", 1)[0])
+    assert d.shape == (12,) and d.dtype == np.float32 and (d >= 0).all() and (d <= 1).all()
+
+
+def test_a_change_of_domain_and_a_return_are_recognised():
+    tracker = DomainTracker(min_frames=24, window=6)
+    assert shifts(tracker, frames("night", 60)) == []  # within a domain: no shift
+    to_fog = shifts(tracker, frames("fog", 60, seed=1))
+    assert len(to_fog) == 1 and to_fog[0].to == 1 and not to_fog[0].known
+    back = shifts(tracker, frames("night", 60, seed=2))  # other scenes of the same domain
+    assert len(back) == 1 and back[0].to == 0 and back[0].known and back[0].came_from == 1
+
+
+def test_the_tracker_survives_a_restart_through_the_bank(tmp_path):
+    bank = DomainBank(tmp_path / "store", size=4)
+    tracker, order = bank.load_tracker(min_frames=24, window=6)
+    shifts(tracker, frames("night", 40) + frames("fog", 40, seed=1))
+    bank.save_tracker(tracker, [0, 1])
+    again, order = bank.load_tracker(min_frames=24, window=6)
+    assert again.current == 1 and order == [0, 1] and set(again.domains) == {0, 1}
+    back = shifts(again, frames("night", 30, seed=2))
+    assert back and back[0].to == 0 and back[0].known
+
+
+def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
+    from iapc.adapt.checkpoint import save_checkpoint
+    from iapc.adapt.models import build_model
+    from iapc.daemon.process import AdaptationDaemon
+    from iapc.export.store import EngineStore
+    from iapc.runtime.config import RuntimeConfig
+    from iapc.runtime.handoff import EventSender
+    from iapc.runtime.run_folder import EVENTS_SOCKET, ipc_address
+    from support import Events
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "source.pt"
+    save_checkpoint(checkpoint, "tiny", build_model("tiny"))
+    cfg = RuntimeConfig(run_dir=str(tmp_path / "run"), input_size=SIZE)
+    cfg.adaptation.batch_size, cfg.adaptation.domain_min_frames = 2, 24
+    cfg.adaptation.shift_window = 6
+    (tmp_path / "run").mkdir()
+    events = Events(tmp_path / "run")
+    daemon = AdaptationDaemon(cfg, str(checkpoint))
+    daemon.events = EventSender(ipc_address(tmp_path / "run", EVENTS_SOCKET))
+    try:
+        assert daemon.export_version() == 1
+        for image in frames("night", 40):
+            daemon.keep(image)
+        for _ in range(3):
+            daemon.step()
+        night = {k: v.clone() for k, v in daemon.adapter.deployable().state_dict().items()}
+        for image in frames("fog", 40, seed=1):  # new domain: source weights, fog statistics
+            daemon.keep(image)
+        target = daemon.adapter.deployable()
+        assert daemon.tracker.current == 1 and daemon.step_count == 0
+        assert not torch.equal(target.state_dict()["backbone.0.1.running_mean"],
+                               night["backbone.0.1.running_mean"])
+        daemon.step()
+        for image in frames("night", 30, seed=2):  # back: night's banked state, at once
+            daemon.keep(image)
+        assert daemon.tracker.current == 0 and daemon.step_count == 3
+        for key, value in daemon.adapter.deployable().state_dict().items():
+            assert torch.equal(value, night[key]), key
+        sent = [e for e in events.all() if e["type"] == "domain_shift"]
+        assert [(e["from"], e["domain"], e["known"]) for e in sent] == [(0, 1, False), (1, 0, True)]
+        store = EngineStore(cfg.resolved_store())
+        assert store.current().number == 3  # each shift deployed its domain's engine at once
+        assert (store.root / "domains" / "0.pt").is_file() and (store.root / "domains" / "1.pt").is_file()
+    finally:
+        daemon.events.close()
+        events.receiver.close()
