@@ -35,7 +35,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--export-every-steps", type=int, default=20,
                    help="adaptation steps between engine exports")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="source model (default: the embedded synthetic one, trained on first use)")
+                   help="source model (default: the shipped synthetic one)")
+    p.add_argument("--method", default=None, help="iapc-runtime --method (default: its own)")
+    p.add_argument("--no-domain-bank", action="store_true",
+                   help="adapt without the bank of per-domain states (for the comparison)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the source-only run")
     p.add_argument("--source-iters", type=int, default=None,
                    help="train the embedded source recipe for this many iterations instead of "
                         "its default (cached separately), where the full training is too slow")
@@ -67,8 +71,10 @@ def source_model(iters: int | None) -> Path:
     from iapc.adapt.embedded import ensure_source_model
     from iapc.cache import cache_dir
 
+    from iapc.shipped import shipped_checkpoint
+
     if iters is None:
-        return ensure_source_model("tiny")
+        return shipped_checkpoint("tiny") or ensure_source_model("tiny")
     return ensure_source_model("tiny", out=cache_dir() / "embedded" / f"source_tiny_{iters}it.pt",
                                iters=iters)
 
@@ -108,10 +114,11 @@ def main() -> int:
     checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     runtime_yaml = args.out / "runtime.yaml"
-    runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n")
+    runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n"
+                            f"  domain_bank: {str(not args.no_domain_bank).lower()}\n")
     cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
                        model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),
-                       out=args.out)
+                       method=args.method, baseline=not args.no_baseline, out=args.out)
     report = run_replay(cfg)
     print(f"# bench_continual: {started:%Y-%m-%d %H:%M %Z} on {platform.node()} "
           f"({platform.processor() or platform.machine()})")
@@ -120,6 +127,11 @@ def main() -> int:
           f"({report['replay']['frames_per_round']} frames/round) at {args.rate:g} fps, "
           f"engine {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]}")
     print_table(report)
+    for run in ("adapted", "source_only"):
+        if report.get(run):
+            after = report[run]["scores"]["after_switch"]
+            print(f"{run}: first {after['frames']} frames after each switch: mIoU {after['miou']} "
+                  f"({after['annotated']} annotated), on returns (rounds 2+) {after['miou_returns']}")
     print(headline(report))
     print(f"report: {args.out / 'report.md'}")
     return 0

@@ -42,6 +42,28 @@ def class_iou(matrices: list[np.ndarray], num_classes: int, classes: str) -> dic
     return {name: (None if v is None else round(100 * v, 3)) for name, v in scores.items()}
 
 
+AFTER_SWITCH_FRAMES = 100  # frames after the stream enters a domain that count as "just after"
+
+
+def after_switch(scored, plan, rounds: int, num_classes: int, classes: str,
+                 frames: int = AFTER_SWITCH_FRAMES) -> dict:
+    """mIoU of the annotated frames among the first ``frames`` of each visit to a domain (the
+    stream just entered it), per domain and round and overall: what a change of domain costs."""
+    first_position = {}
+    for position, planned in enumerate(plan.frames):  # where each domain's block starts
+        first_position.setdefault(planned.domain, position)
+    early = [s for s in scored
+             if (s.frame_id % plan.frames_per_round) - first_position[s.domain] < frames]
+    per_visit = {f"{r + 1}/{d}": miou_of([s.confusion for s in early
+                                          if s.round == r and s.domain == d], num_classes, classes)
+                 for r in range(rounds) for d in plan.domains}
+    later_rounds = [s for s in early if s.round > 0]
+    return {"frames": frames, "annotated": len(early),
+            "miou": miou_of([s.confusion for s in early], num_classes, classes),
+            "miou_returns": miou_of([s.confusion for s in later_rounds], num_classes, classes),
+            "per_round_domain": per_visit}
+
+
 def miou_summary(record, plan, classes: str) -> dict:
     """Overall, per round and domain, per engine version, and per annotated frame."""
     k = record.num_classes
@@ -62,6 +84,7 @@ def miou_summary(record, plan, classes: str) -> dict:
         "per_engine_version": {str(v): miou_of([s.confusion for s in scored
                                                 if s.engine_version == v], k, classes)
                                for v in versions},
+        "after_switch": after_switch(scored, plan, record.rounds, k, classes),
         "per_frame": [{"frame_id": s.frame_id, "round": s.round + 1, "domain": s.domain,
                        "name": s.name, "engine_version": s.engine_version,
                        "miou": miou_of([s.confusion], k, classes),
