@@ -189,6 +189,10 @@ def format_heartbeat(status: dict) -> str:
         parts.append(f"loss {adapt['total']:.3f} @ step {adapt.get('step')}")
     if miou is not None:
         parts.append(f"mIoU {miou:5.1f}")
+    recent = status.get("miou_recent") or {}
+    if recent.get("serving") is not None and recent.get("source") is not None:
+        parts.append(f"last {recent['frames']}: serving {recent['serving']:.1f} vs source "
+                     f"{recent['source']:.1f} ({recent['gain']:+.1f})")
     return " | ".join(parts)
 
 

@@ -76,11 +76,11 @@ class AdaptationConfig:
     # starts from the source model with its own normalisation statistics.
     domain_bank: bool = setting(True, "keep adapted states per recognised domain")
     domain_bank_size: int = setting(4, "domains kept in the bank", minimum=1, cli=False)
-    shift_z: float = setting(1.2, "descriptor z-score above which a frame is far from its "
+    shift_z: float = setting(1.6, "descriptor z-score above which a frame is far from its "
                              "domain", above=0, cli=False)
-    shift_window: int = setting(8, "far frames in a row that make a domain shift", minimum=1,
+    shift_window: int = setting(12, "far frames in a row that make a domain shift", minimum=1,
                                 cli=False)
-    domain_min_frames: int = setting(32, "frames a domain needs before it can be left or "
+    domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
 
 

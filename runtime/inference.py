@@ -10,19 +10,16 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 
-import cv2
-import numpy as np
 
 from iapc.errors import UserError, run_cli
 from iapc.runtime import run_folder
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventReceiver, FrameHandoff
+from iapc.runtime.live_score import LiveScore
 from iapc.runtime.loop import InferenceLoop
 from iapc.runtime.run_folder import ipc_address
 from iapc.runtime.sources import CaptureThread, make_source
@@ -43,59 +40,11 @@ def make_runner_loader(cfg: RuntimeConfig):
     return load
 
 
-class LiveScore:
-    """Running mIoU of the published masks against the source's labels (synthetic, Cityscapes).
-
-    Scoring runs in its own thread: the loop only appends (mask, label) to a bounded queue, so a
-    labelled source costs the hot path nothing; when scoring falls behind, the oldest pairs are
-    skipped (``skipped`` counts them) rather than delaying frames.
-    """
-
-    def __init__(self, num_classes: int, backlog: int = 8):
-        from iapc.metrics import ConfusionMatrix
-
-        self.matrix = ConfusionMatrix(num_classes)
-        self.frames = 0
-        self.skipped = 0
-        self._pending: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=backlog)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._score_forever, name="live-score", daemon=True)
-        self._thread.start()
-
-    def __call__(self, frame, mask: np.ndarray, version: int) -> None:
-        if frame.label is None:
-            return
-        if len(self._pending) == self._pending.maxlen:
-            self.skipped += 1
-        self._pending.append((mask, frame.label))  # the mask is only read, never written
-        self._wake.set()
-
-    def _score_forever(self) -> None:
-        while not self._closed.is_set() or self._pending:
-            try:
-                mask, label = self._pending.popleft()
-            except IndexError:
-                self._wake.wait(0.1)
-                self._wake.clear()
-                continue
-            if label.shape != mask.shape:
-                label = cv2.resize(label, (mask.shape[1], mask.shape[0]),
-                                   interpolation=cv2.INTER_NEAREST)
-            with self._lock:
-                self.matrix.update(mask, label)
-                self.frames += 1
-
-    def miou(self) -> float | None:
-        with self._lock:
-            return float(self.matrix.compute().miou) * 100 if self.frames else None
-
-    def close(self) -> None:
-        """Score what is queued, then stop the thread."""
-        self._closed.set()
-        self._wake.set()
-        self._thread.join(timeout=5.0)
+def source_runner(store, load_runner):
+    """An inactive runner of the store's source-weights engine (its first version, step 0), or
+    None when the store no longer holds it (a restart after old versions were pruned)."""
+    version = next((v for v in store.versions() if v.manifest.get("step") == 0), None)
+    return load_runner(version) if version is not None else None
 
 
 def new_boot_id() -> str:
@@ -131,12 +80,12 @@ def run_inference(cfg: RuntimeConfig) -> int:
     events = EventReceiver(ipc_address(run_dir, run_folder.EVENTS_SOCKET))
     handoff = (FrameHandoff(ipc_address(run_dir, run_folder.FRAMES_SOCKET))
                if cfg.adaptation.enabled else None)
-    score = LiveScore(cfg.num_classes)
+    score = LiveScore(cfg.num_classes, metrics=metrics)
     loop = InferenceLoop(capture, publisher, engines, cfg.input_size, cfg.num_classes,
                          handoff=handoff, sample_every=cfg.adaptation.sample_every,
                          metrics=metrics, events=events, status_every=cfg.status_every,
                          confidence=cfg.confidence, frame_observer=score)
-    loop.extra_status = lambda: {"miou": score.miou()}
+    loop.extra_status = score.status
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: loop.stop())
     try:
@@ -147,6 +96,8 @@ def run_inference(cfg: RuntimeConfig) -> int:
                             "or check the adaptation daemon's log")
         if metrics is not None:  # the first engine is in service before any swap is counted
             metrics.engine_version.set(engines.version)
+        if cfg.adaptation.enabled:  # the source engine beside the adapted ones, when labelled
+            score.compare_with(source_runner(store, make_runner_loader(cfg)))
         engines.start()
         capture.start()
         stats = loop.run()

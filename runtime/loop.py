@@ -54,7 +54,7 @@ class InferenceLoop:
         self.events = events
         self.status_every = status_every
         self.confidence = confidence
-        self.frame_observer = frame_observer  # called with (frame, mask, version): replay scoring
+        self.frame_observer = frame_observer  # called with (frame, mask, version, batch): live scoring
         self.stats = LoopStats()
         self.latency = LatencyStats()
         self.rate = RateMeter()
@@ -196,7 +196,7 @@ class InferenceLoop:
             self.metrics.observe_frame(frame.capture_ns, publish_ns)
             self.metrics.fps.set(self.rate.rate())
         if self.frame_observer is not None:
-            self.frame_observer(frame, outputs["mask"][0], self.engines.version)
+            self.frame_observer(frame, outputs["mask"][0], self.engines.version, batch)
 
     def run(self) -> LoopStats:
         """Process frames until the source ends or :meth:`stop` is called."""

@@ -53,6 +53,10 @@ class RuntimeMetrics:
         self.adaptation_steps = Counter(
             "iapc_adaptation_steps", "IAPC adaptation steps taken", registry=r
         )
+        # mIoU (percent) over the recent labelled frames compared live (runtime.live_score)
+        self.live_miou = Gauge("iapc_live_miou", "mIoU over the recent labelled frames, by engine "
+                               "(serving: the engine in service; source: the source engine on "
+                               "the same frames)", ["engine"], registry=r)
         # deployed, rejected_parity, rejected_health, rollback, export_failed, engine_rejected,
         # daemon_restart, daemon_hung, source_lost, source_resumed, bad_frame
         self.events = Counter(
@@ -80,6 +84,11 @@ class RuntimeMetrics:
 
     def count_event(self, kind: str, count: int = 1) -> None:
         self.events.labels(kind=kind).inc(count)
+
+    def observe_live_miou(self, serving: float | None, source: float | None) -> None:
+        for engine, value in (("serving", serving), ("source", source)):
+            if value is not None:
+                self.live_miou.labels(engine=engine).set(value)
 
     def observe_adaptation(self, loss: float, steps: int = 1) -> None:
         self.adaptation_loss.set(loss)

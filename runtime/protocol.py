@@ -371,6 +371,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("decisions", "object", "count per decision kind: `deployed`, `rejected_parity`, `rejected_health`, `rollback`, `export_failed`, `daemon_restart`, `daemon_hung`, `domain_shift`, `engine_rejected`, `bad_frame`, `source_lost`, `source_resumed`"),
         _f("source", "object", "`{\"state\": \"ok\" | \"lost\", \"outages\": integer}`"),
         _f("miou", "number or null", "running mIoU of the published masks against the source's labels, when it has them"),
+        _f("miou_recent", "object or null", "`{\"frames\", \"serving\", \"source\", \"gain\"}`: mIoU over the last (up to 100) labelled frames that were also segmented by the source engine (about 2 per second), for the engine in service and for the source engine, and their difference; null without labels or without the source engine"),
     )),
     StatusSpec(StatusKind.SWAP, "after each hot-swap, before the first mask of the new engine", (
         _f("from", "integer or null", "previous engine version"),
