@@ -219,6 +219,18 @@ def _gradient_path_statistics(target: nn.Module, bn_statistics: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def borrowed_statistics(network: nn.Module, lender: nn.Module) -> Iterator[None]:
+    """``network`` normalises with ``lender``'s BatchNorm buffers for the block (its own come
+    back afterwards): the source weights with the target's statistics, without a fourth copy."""
+    own = [b.clone() for b in network.buffers()]
+    torch._foreach_copy_(list(network.buffers()), list(lender.buffers()))
+    try:
+        yield
+    finally:
+        torch._foreach_copy_(list(network.buffers()), own)
+
+
 @torch.no_grad()
 def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig") -> None:
     """One train-mode forward of the un-augmented frames: BatchNorm running statistics move
@@ -285,7 +297,10 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
     x2 = photometric_augment(views.x1, generator) if preset.photometric else views.x1
 
     teacher = memory if preset.teacher == "memory" else source
-    with torch.inference_mode(), _autocast(cfg, device):
+    # "source_bn": the frozen source weights normalising with T's (target) statistics
+    borrowed = (borrowed_statistics(source, target) if preset.teacher == "source_bn"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), _autocast(cfg, device), borrowed:
         teacher_logits, _ = teacher(_network_input(views.x1, teacher, cfg))  # (N, K, h, w)
         memory_logits, memory_feats = memory(_network_input(views.x0, memory, cfg))
     # Inference tensors cannot enter autograd graphs; clones outside inference mode can.

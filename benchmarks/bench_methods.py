@@ -46,6 +46,7 @@ from iapc.synth import write_domain
 # name -> changed fields of the stream preset (ablations of docs/METHOD.md's choices)
 VARIANTS: dict[str, dict[str, Any]] = {
     "teacher=source": {"teacher": "source"},
+    "teacher=source_bn": {"teacher": "source_bn"},
     "bn=augmented": {"bn_statistics": "augmented"},
     "bn=frozen": {"bn_statistics": "frozen"},
     "rare=released": {"rare_fraction": None},
@@ -57,6 +58,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "im=entropy": {"im": "entropy"},
     "no photometric": {"photometric": False},
     "no PE": {"weights": LossWeights(ia=0.2, im=0.5, ps=0.04, pe=0.0)},
+    "classifier x1": {"classifier_lr_mult": 1.0},
+    "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
 }
 
 

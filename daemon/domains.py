@@ -5,13 +5,16 @@ Each frame is summarised by a 12-number descriptor of its appearance (:func:`des
 means and spreads, edge energy, saturation, a 4-bin luminance histogram, on a 64x32 thumbnail).
 A domain is the running mean and spread of the descriptors of its frames. A frame is *far* from
 a domain when the mean over the 12 dimensions of ``|d - mean| / (spread + 0.01)`` (a z-score)
-exceeds ``z_threshold``; ``window`` far frames in a row are a shift. Measured on the project's
+exceeds ``z_threshold``; when most (``FAR_SHARE``) of the last ``window`` frames are far, the
+stream has shifted. Measured on the project's
 synthetic domains (statistics from 60 frames, windows of other scenes): frames of the domain
 itself score up to 1.6, frames of another domain 1.7 to 13. On streams of every second frame
-(what the daemon receives), the runtime's defaults (threshold 1.6, 12 frames in a row, 64 frames
-before a domain can be left) made 1 false shift in 1800 single-domain frames and recognised
-every change of the city -> night -> fog -> rain cycle except rain, which they take for city
-(a similar domain whose state is then shared); 1.2 / 8 / 32 made 7 false shifts.
+(what the daemon receives), the runtime's defaults (threshold 1.6, 9 of the last 12 frames, 64
+frames before a domain can be left) made 1 false shift in 1800 single-domain frames and
+recognised every change of the city -> night -> fog -> rain cycle, 9 frames after it, except
+rain, which they take for city (a similar domain whose state is then shared); requiring 12 far
+frames *in a row* took up to 7 s to notice a change in the runtime, and 1.2 / 8 / 32 made 7
+false shifts.
 After a shift the new frames go to the *nearest* banked domain when it scores under
 ``MATCH_FACTOR`` times the threshold (a return: a similar domain's adapted state is a better
 start than the source model, and its statistics then follow the frames), else they start a new
@@ -22,6 +25,7 @@ frames never flap between domains.
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,7 @@ import numpy as np
 DESCRIPTOR_SIZE = 12
 SPREAD_FLOOR = 0.01  # added to every spread: flat dimensions (a black sky) do not explode
 THUMBNAIL = (64, 32)
+FAR_SHARE = 0.75  # a shift: at least this share of the last ``window`` frames are far
 MATCH_FACTOR = 2.0  # a window goes back to its nearest banked domain under 2x the shift threshold
 
 
@@ -103,19 +108,22 @@ class DomainTracker:
         self.z_threshold, self.window, self.min_frames = z_threshold, window, min_frames
         self.domains = domains or {0: DomainStats()}
         self.current = current
-        self.recent: list[np.ndarray] = []  # descriptors of the last far frames, in a row
+        # (descriptor, far from the current domain?) of the last ``window`` frames
+        self.recent: deque[tuple[np.ndarray, bool]] = deque(maxlen=window)
 
     def observe(self, image_bgr: np.ndarray) -> Shift | None:
         descriptor = describe(image_bgr)
         domain = self.domains[self.current]
-        if domain.count < self.min_frames or domain.score(descriptor) <= self.z_threshold:
-            self.recent.clear()
+        ready = domain.count >= self.min_frames
+        far = ready and domain.score(descriptor) > self.z_threshold
+        self.recent.append((descriptor, far))
+        if not far:
             domain.add(descriptor)
+        far_frames = [d for d, is_far in self.recent if is_far]
+        # most of the window far (a similar new domain has some frames that look like the old)
+        if len(far_frames) < FAR_SHARE * self.window:
             return None
-        self.recent.append(descriptor)
-        if len(self.recent) < self.window:
-            return None
-        return self._shift(np.stack(self.recent))
+        return self._shift(np.stack(far_frames))
 
     def _shift(self, window: np.ndarray) -> Shift:
         """The far frames of ``window`` (N, 12) belong to a banked domain or to a new one."""

@@ -52,8 +52,9 @@ class Preset:
     # augmentation never reaches what gets deployed. "frozen": as clean, but the gradient path
     # normalises with the running (clean) statistics.
     bn_statistics: str = "augmented"
-    # Who gives y_hat and the importance: "source" (S with source statistics, paper/released)
-    # or "memory" (the EMA memory network M, which normalises with T's target statistics).
+    # Who gives y_hat and the importance: "source" (S with source statistics, paper/released),
+    # "memory" (the EMA memory network M, which normalises with T's target statistics), or
+    # "source_bn" (S's frozen weights with T's target statistics: BN-adapt as the teacher).
     teacher: str = "source"
     # Class-balance "rare" threshold as a fraction of the crop's pixels; None: the released
     # 64*64 pixels per image whatever the crop (1/32 of the released 512x256 crop).
@@ -84,7 +85,7 @@ PRESETS: dict[str, Preset] = {
                      lr=1e-4, warmup_iters=20, ema_alpha=0.999, schedule="constant"),
 }
 BN_STATISTICS = ("augmented", "clean", "frozen")
-TEACHERS = ("source", "memory")
+TEACHERS = ("source", "memory", "source_bn")
 
 
 def get_preset(preset: str | Preset) -> Preset:
