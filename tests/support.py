@@ -11,7 +11,7 @@ from iapc.replay.launch import runtime_executable
 from iapc.replay.record import Collector
 from iapc.runtime.client import MaskSubscriber
 
-__all__ = ["Collector", "Events", "FRAMES", "collect", "free_port", "runtime_args", "runtime_command",
+__all__ = ["Collector", "Events", "FRAMES", "cityscapes_eval_args", "collect", "free_port", "runtime_args", "runtime_command",
            "start_runtime"]
 
 FRAMES = 240  # frames of the end-to-end runs
@@ -74,3 +74,19 @@ class Events:
             if not more:
                 return found
             found += more
+
+
+def cityscapes_eval_args(tmp_path):
+    """cityscapesscripts' pixel-level evaluation module and quiet arguments for generated data."""
+    import copy
+
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+    args = copy.copy(cs_eval.args)
+    args.evalInstLevelScore = False  # generated data has no instanceIds files
+    args.JSONOutput = False
+    args.quiet = True
+    args.colorized = False
+    args.bold = args.nocol = ""
+    args.exportFile = str(tmp_path / "cs_result.json")
+    return cs_eval, args

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from support import cityscapes_eval_args
 from iapc.labels import CLASS_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_TO_ID, label_ids_to_train_ids
 from iapc.metrics import ConfusionMatrix, format_table
 from iapc.errors import UserError
@@ -30,19 +29,6 @@ def _noisy_prediction(rng: np.random.Generator, train_ids: np.ndarray) -> np.nda
     return pred.astype(np.uint8)
 
 
-def _cityscapes_eval_args(tmp_path):
-    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
-
-    args = copy.copy(cs_eval.args)
-    args.evalInstLevelScore = False  # no instanceIds files for generated data
-    args.JSONOutput = False
-    args.quiet = True
-    args.colorized = False
-    args.bold = args.nocol = ""
-    args.exportFile = str(tmp_path / "result.json")
-    return cs_eval, args
-
-
 def test_miou_matches_cityscapesscripts(tmp_path):
     rng = np.random.default_rng(0)
     gt_files, pred_files = [], []
@@ -57,7 +43,7 @@ def test_miou_matches_cityscapesscripts(tmp_path):
         pred_files.append(str(pred_file))
         metric.update(torch.from_numpy(pred), label_ids_to_train_ids(label_ids))  # torch + numpy
 
-    cs_eval, args = _cityscapes_eval_args(tmp_path)
+    cs_eval, args = cityscapes_eval_args(tmp_path)
     reference = cs_eval.evaluateImgLists(pred_files, gt_files, args)
     scores = metric.compute("19")
 

@@ -3,7 +3,6 @@ checked against cityscapesscripts' own evaluation and against the runtime's own 
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import cv2
 import pytest
 
+from support import cityscapes_eval_args
 from iapc.errors import UserError
 from iapc.labels import TRAIN_ID_TO_ID
 from iapc.replay.report import continual_goals
@@ -60,15 +60,7 @@ def runtime_yaml(folder):
 
 
 def cityscapes_eval(pred_files: list[str], gt_files: list[str], tmp_path) -> dict:
-    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
-
-    args = copy.copy(cs_eval.args)
-    args.evalInstLevelScore = False  # generated data has no instanceIds files
-    args.JSONOutput = False
-    args.quiet = True
-    args.colorized = False
-    args.bold = args.nocol = ""
-    args.exportFile = str(tmp_path / "cs_result.json")
+    cs_eval, args = cityscapes_eval_args(tmp_path)
     return cs_eval.evaluateImgLists(pred_files, gt_files, args)
 
 
