@@ -139,7 +139,7 @@ def recorded_input_size(data: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def input_size_for(meta: dict[str, Any], requested: tuple[int, int] | None,
-                   what: str = "input") -> tuple[int, int]:
+                   option: str = "--size") -> tuple[int, int]:
     """The size a command runs ``meta``'s model at: ``requested`` if given (one warning line
     when it differs from the training size), else the recorded size, else 1024x512."""
     import sys
@@ -148,9 +148,9 @@ def input_size_for(meta: dict[str, Any], requested: tuple[int, int] | None,
     if requested is None:
         return tuple(recorded) if recorded else DEFAULT_INPUT_SIZE
     if recorded and tuple(requested) != tuple(recorded):
-        print(f"warning: {what} size {requested[0]}x{requested[1]} differs from the "
-              f"{recorded[0]}x{recorded[1]} the checkpoint was trained at; drop the size option "
-              "to use the training size", file=sys.stderr)
+        print(f"warning: {option} {requested[0]}x{requested[1]} differs from the "
+              f"{recorded[0]}x{recorded[1]} the checkpoint was trained at; drop {option} to use "
+              "the training size", file=sys.stderr)
     return tuple(requested)
 
 
