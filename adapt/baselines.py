@@ -14,12 +14,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from iapc.adapt.method import batch_norm_layers
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
-
-
-def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def _input(model: nn.Module, batch_u8: torch.Tensor) -> torch.Tensor:
@@ -37,7 +34,7 @@ def bn_adapt(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     every batch counts equally whatever their number. The model is returned in eval mode with
     its original momenta; weights are untouched.
     """
-    norms = _batch_norms(model)
+    norms = batch_norm_layers(model)
     if not norms:
         raise UserError("the model has no BatchNorm layers: BN adaptation does not apply to it")
     momenta = [bn.momentum for bn in norms]
@@ -62,7 +59,7 @@ def configure_tent(model: nn.Module) -> nn.Module:
     always normalising with the current batch's statistics."""
     model.train()
     model.requires_grad_(False)
-    norms = _batch_norms(model)
+    norms = batch_norm_layers(model)
     if not norms:
         raise UserError("the model has no BatchNorm layers: TENT adapts BN affine parameters only")
     for bn in norms:

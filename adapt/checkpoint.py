@@ -22,7 +22,6 @@ from torch import nn
 
 from iapc.adapt.models import MODELS, build_model
 from iapc.errors import UserError
-from iapc.options import DEFAULT_INPUT_SIZE
 
 FORMAT = "iapc/1"
 RELEASED_MODEL = "deeplabv2_resnet101"
@@ -136,22 +135,6 @@ def recorded_input_size(data: dict[str, Any]) -> tuple[int, int] | None:
     if isinstance(size, (list, tuple)) and len(size) == 2:
         return int(size[0]), int(size[1])
     return None
-
-
-def input_size_for(meta: dict[str, Any], requested: tuple[int, int] | None,
-                   option: str = "--size") -> tuple[int, int]:
-    """The size a command runs ``meta``'s model at: ``requested`` if given (one warning line
-    when it differs from the training size), else the recorded size, else 1024x512."""
-    import sys
-
-    recorded = meta.get("input_size")
-    if requested is None:
-        return tuple(recorded) if recorded else DEFAULT_INPUT_SIZE
-    if recorded and tuple(requested) != tuple(recorded):
-        print(f"warning: {option} {requested[0]}x{requested[1]} differs from the "
-              f"{recorded[0]}x{recorded[1]} the checkpoint was trained at; drop {option} to use "
-              "the training size", file=sys.stderr)
-    return tuple(requested)
 
 
 def _classes_from_released(state: dict[str, torch.Tensor]) -> int:

@@ -133,7 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import input_size_for, load_model
+    from iapc.adapt.checkpoint import load_model
+    from iapc.options import input_size_for
     from iapc.metrics import format_table
 
     model, meta = load_model(args.checkpoint, args.model)

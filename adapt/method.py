@@ -62,14 +62,15 @@ class AdaptState:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
 
 
-def _batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
-    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def freeze_bn_affine(model: nn.Module) -> nn.Module:
     """BatchNorm weight and bias get ``requires_grad=False``; the layers stay in whatever mode
     they are (train mode in ``T``, so running statistics follow the target batches)."""
-    for bn in _batch_norms(model):
+    for bn in batch_norm_layers(model):
         for param in (bn.weight, bn.bias):
             if param is not None:
                 param.requires_grad_(False)
@@ -153,7 +154,7 @@ def ema_update(memory: nn.Module, target: nn.Module, alpha: float) -> None:
     torch._foreach_copy_(memory_buffers, target_buffers)
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -182,7 +183,7 @@ def _grad_scaler(state: AdaptState, cfg: AdaptConfig) -> torch.amp.GradScaler | 
 def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers in eval mode for the block: they normalise with, and do not update, their
     running statistics (gradients still flow); the previous modes come back afterwards."""
-    norms = list(_batch_norms(model))
+    norms = batch_norm_layers(model)
     modes = [bn.training for bn in norms]
     for bn in norms:
         bn.eval()
@@ -197,7 +198,7 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
 def running_statistics_untouched(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers normalise with each batch's own statistics (train mode) but leave their
     running statistics as they are (momentum 0) for the block."""
-    norms = list(_batch_norms(model))
+    norms = batch_norm_layers(model)
     momenta = [bn.momentum for bn in norms]
     for bn in norms:
         bn.momentum = 0.0
@@ -235,14 +236,14 @@ def borrowed_statistics(network: nn.Module, lender: nn.Module) -> Iterator[None]
 def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig") -> None:
     """One train-mode forward of the un-augmented frames: BatchNorm running statistics move
     towards them by the layers' momentum (``cfg.bn_momentum`` when set). No gradients."""
-    norms = list(_batch_norms(model))
+    norms = batch_norm_layers(model)
     if cfg.bn_momentum is not None:
         for bn in norms:
             bn.momentum = cfg.bn_momentum
     modes = [bn.training for bn in norms]
     for bn in norms:
         bn.train()
-    with _autocast(cfg, _device_of(model)):
+    with _autocast(cfg, device_of(model)):
         model(_network_input(images_u8, model, cfg))
     for bn, mode in zip(norms, modes):
         bn.train(mode)
@@ -283,7 +284,7 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
     """
     cfg = cfg.resolved()
     preset = get_preset(cfg.preset)
-    device = _device_of(target)
+    device = device_of(target)
     batch = batch.to(device)
     if pseudo_label is not None:
         pseudo_label = pseudo_label.to(device)
@@ -347,7 +348,7 @@ def generate_pseudo_labels(source: nn.Module, images_u8: torch.Tensor,
     """
     if source.num_classes > 255:
         raise UserError(f"{source.num_classes} classes do not fit uint8 pseudo-labels (255 is ignore)")
-    device = _device_of(source)
+    device = device_of(source)
     x = normalize(images_u8.to(device), source.norm)  # (N, 3, H, W)
     size = tuple(x.shape[-2:])
     prob_sum = torch.zeros(x.shape[0], source.num_classes, *size, device=device)

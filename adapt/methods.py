@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from iapc.adapt.baselines import collect_tent_params, softmax_entropy
-from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, make_networks,
-                               make_optimizer, update_bn_statistics)
+from iapc.adapt.baselines import bn_adapt, collect_tent_params, softmax_entropy
+from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
+                               device_of, make_networks, make_optimizer, update_bn_statistics)
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
@@ -77,24 +77,17 @@ class Adapter:
         """Back to the source model and a fresh state."""
         self.__init__(self.source, self.cfg)
 
-    @torch.no_grad()
     def recalibrate(self, batch: torch.Tensor) -> None:
         """BatchNorm running statistics of the deployable network := the plain average over
         ``batch`` (uint8 (N, 3, H, W) RGB of a new domain), so that a domain met for the first
-        time is served with its own normalisation at once. Weights are untouched."""
+        time is served with its own normalisation at once. Weights and modes are untouched."""
         network = self.deployable()
-        norms = _batch_norms(network)
-        if not norms:
+        if not batch_norm_layers(network):
             return
-        momenta, modes = [bn.momentum for bn in norms], [bn.training for bn in norms]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average
-            bn.train()
-        network(normalize(batch.to(_device_of(network)), network.norm))
-        for bn, momentum, mode in zip(norms, momenta, modes):
-            bn.momentum = momentum
-            bn.train(mode)
+        modes = {m: m.training for m in network.modules()}
+        bn_adapt(network, [batch])
+        for module, mode in modes.items():
+            module.train(mode)
 
     def skipped(self, stats: dict[str, Any]) -> bool:
         return bool(stats.get("skipped", False))
@@ -135,12 +128,12 @@ class BNAdapt(Adapter):
         super().__init__(model, cfg)
         self.model = copy.deepcopy(self.source)
         if self.cfg.bn_momentum is None:  # plain average over all frames seen
-            for bn in _batch_norms(self.model):
+            for bn in batch_norm_layers(self.model):
                 bn.reset_running_stats()
                 bn.momentum = None
 
     def step(self, batch, pseudo_label=None, generator=None):
-        update_bn_statistics(self.model, batch.to(_device_of(self.model)), self.cfg)
+        update_bn_statistics(self.model, batch.to(device_of(self.model)), self.cfg)
         self.step_count += 1
         return {}
 
@@ -160,7 +153,7 @@ class Tent(Adapter):
         self.optimizer = torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999))
 
     def step(self, batch, pseudo_label=None, generator=None):
-        x = normalize(batch.to(_device_of(self.model)), self.model.norm)
+        x = normalize(batch.to(device_of(self.model)), self.model.norm)
         logits, _ = self.model(x)  # (N, K, h, w), batch statistics (train mode)
         loss = softmax_entropy(logits).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -185,7 +178,7 @@ def configure_tent_deployable(model: nn.Module, bn_momentum: float | None) -> nn
     """TENT's configuration (train mode, only BN affine parameters trainable) that keeps the
     running statistics, so that the adapted model can be exported and run frame by frame."""
     model.train().requires_grad_(False)
-    norms = _batch_norms(model)
+    norms = batch_norm_layers(model)
     if not norms:
         raise UserError("the model has no BatchNorm layers: TENT adapts BN affine parameters only")
     for bn in norms:
@@ -205,7 +198,7 @@ class IAPC(Adapter):
         self.source, self.memory, self.target = make_networks(model, channels_last=cfg.channels_last)
         self.trained = self.target  # replaced by a DistributedDataParallel wrapper in DDP runs
         self.optimizer = make_optimizer(self.target, cfg)
-        self.state = AdaptState.new(self.target.num_classes, _device_of(self.target))
+        self.state = AdaptState.new(self.target.num_classes, device_of(self.target))
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def step(self, batch, pseudo_label=None, generator=None):
@@ -265,11 +258,3 @@ def make_adapter(method: str, model: nn.Module, cfg: AdaptConfig) -> Adapter:
     if method not in METHODS:
         raise UserError(f"unknown adaptation method {method!r}: choose one of {', '.join(METHODS)}")
     return METHODS[method](model, cfg)
-
-
-def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

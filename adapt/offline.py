@@ -477,7 +477,8 @@ def adapt_config_from_args(args: argparse.Namespace) -> "AdaptConfig":
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import input_size_for, load_model
+    from iapc.adapt.checkpoint import load_model
+    from iapc.options import input_size_for
     from iapc.data import find_samples
     from iapc.adapt.evaluate import labelled_samples
 

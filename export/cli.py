@@ -58,7 +58,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iapc.adapt.checkpoint import input_size_for, load_model
+    from iapc.adapt.checkpoint import load_model
+    from iapc.options import input_size_for
     from iapc.errors import UserError
     from iapc.export.deploy import Candidate, DeployOptions, deploy
     from iapc.export.parity import default_min_agreement

@@ -141,7 +141,7 @@ class AdaptConfig:
                                    choices=(None, *SCHEDULES))
     bn_momentum: float | None = setting(
         None, "BatchNorm momentum of statistics that follow the target (stream preset, bn, tent); "
-        "None: each layer's own (0.1)", above=0, maximum=1)
+        "None: each layer's own (0.1), for bn a plain average of all frames", above=0, maximum=1)
     tent_lr: float = setting(1e-3, "Adam learning rate of the tent method", above=0)
     restore_probability: float = setting(
         0.0, "stochastic restore: chance per weight and step of returning to its source value",

@@ -22,3 +22,20 @@ def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
     if width < max(1, minimum) or height < max(1, minimum):
         raise UserError(f"size {text!r} is too small: use at least {max(1, minimum)}x{max(1, minimum)}")
     return width, height
+
+
+def input_size_for(meta: dict, requested: tuple[int, int] | None,
+                   option: str = "--size", prog: str = "") -> tuple[int, int]:
+    """The size a command runs a checkpoint's model at: ``requested`` if given (one warning
+    line when it differs from the size recorded in ``meta["input_size"]``), else the recorded
+    size, else :data:`DEFAULT_INPUT_SIZE`."""
+    import sys
+
+    recorded = meta.get("input_size")
+    if requested is None:
+        return tuple(recorded) if recorded else DEFAULT_INPUT_SIZE
+    if recorded and tuple(requested) != tuple(recorded):
+        print(f"{prog + ': ' if prog else ''}warning: {option} {requested[0]}x{requested[1]} "
+              f"differs from the {recorded[0]}x{recorded[1]} the checkpoint was trained at; "
+              f"drop {option} to use the training size", file=sys.stderr)
+    return tuple(requested)

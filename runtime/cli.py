@@ -17,7 +17,7 @@ from pathlib import Path
 from iapc.errors import UserError, run_cli
 from iapc.cache import embedded_model_path
 from iapc.method_config import AdaptConfig
-from iapc.options import DEFAULT_INPUT_SIZE
+from iapc.options import DEFAULT_INPUT_SIZE, input_size_for
 from iapc.runtime.config import AdaptationConfig, RuntimeConfig, SourceConfig, load_yaml_config
 from iapc.settings import add_flags, apply_flags
 
@@ -208,17 +208,6 @@ def checkpoint_facts(checkpoint: str, cfg: RuntimeConfig) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def resolve_input_size(cfg: RuntimeConfig, facts: dict) -> None:
-    """The engine runs at the checkpoint's training size unless ``--input-size`` says otherwise
-    (then one warning line when the two differ)."""
-    recorded = tuple(facts["input_size"]) if facts.get("input_size") else None
-    if cfg.input_size is None:
-        cfg.input_size = recorded or DEFAULT_INPUT_SIZE
-    elif recorded and tuple(cfg.input_size) != recorded:
-        print(f"iapc-runtime: warning: --input-size {cfg.input_size[0]}x{cfg.input_size[1]} differs "
-              f"from the {recorded[0]}x{recorded[1]} the checkpoint was trained at", file=sys.stderr)
-
-
 def check_store_fits(cfg: RuntimeConfig) -> None:
     """A store whose engines take another input size would be refused frame after frame by the
     inference loop: refuse it here, once, with what to do."""
@@ -247,7 +236,9 @@ def _main(argv: list[str] | None) -> int:
                         "always resumes from the store's latest version)")
     check_config(cfg)
     checkpoint = cfg.checkpoint or embedded_checkpoint(cfg)
-    resolve_input_size(cfg, checkpoint_facts(checkpoint, cfg))
+    # the checkpoint's training size unless --input-size says otherwise (then a warning)
+    cfg.input_size = input_size_for(checkpoint_facts(checkpoint, cfg), cfg.input_size,
+                                    "--input-size", prog="iapc-runtime")
     if cfg.adaptation.enabled or args.resume_latest:  # --no-adapt serves its own source engine
         check_store_fits(cfg)
     live = None if args.quiet else LiveFigures(cfg.publish, cfg.curve_keys)

@@ -33,8 +33,10 @@ class LiveScore:
         self.metrics = metrics
         self._source = None  # active runner of the source engine, or None
         self._last_source = 0.0
-        # per compared frame: ((K, K) confusion of the engine in service, of the source engine)
-        self._recent: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=RECENT_FRAMES)
+        # per compared frame: ((K, K) confusion of the engine in service, of the source engine),
+        # and their running sums over the window (added on arrival, taken off on eviction)
+        self._recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self._recent_sums = np.zeros((2, num_classes, num_classes), dtype=np.int64)
         self._pending: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=backlog)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -75,8 +77,18 @@ class LiveScore:
                 self.matrix.mat += served
                 self.frames += 1
                 if compared is not None:
-                    self._recent.append((served, compared))
+                    self._remember(served, compared)
             self._export_metrics()
+
+    def _remember(self, served: np.ndarray, compared: np.ndarray) -> None:
+        """Add one compared frame to the window (under the lock), dropping the oldest."""
+        self._recent.append((served, compared))
+        self._recent_sums[0] += served
+        self._recent_sums[1] += compared
+        if len(self._recent) > RECENT_FRAMES:
+            old_served, old_compared = self._recent.popleft()
+            self._recent_sums[0] -= old_served
+            self._recent_sums[1] -= old_compared
 
     def _confusion(self, mask: np.ndarray, label: np.ndarray) -> np.ndarray:
         from iapc.metrics import ConfusionMatrix
@@ -111,8 +123,7 @@ class LiveScore:
         with self._lock:
             if not self._recent:
                 return None
-            served = np.sum([s for s, _ in self._recent], axis=0)
-            source = np.sum([c for _, c in self._recent], axis=0)
+            served, source = self._recent_sums.copy()
             frames = len(self._recent)
         serving_miou, source_miou = self._miou(served), self._miou(source)
         gain = (serving_miou - source_miou
