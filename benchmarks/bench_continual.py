@@ -34,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=17.0, help="replay rate, frames per second")
     p.add_argument("--export-every-steps", type=int, default=20,
                    help="adaptation steps between engine exports")
+    p.add_argument("--export-every-seconds", type=float, default=None,
+                   help="also export every T seconds (iapc-runtime's adaptation.export_every_seconds)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="source model (default: the shipped synthetic one)")
     p.add_argument("--method", default=None, help="iapc-runtime --method (default: its own)")
@@ -114,7 +116,10 @@ def main() -> int:
     checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     runtime_yaml = args.out / "runtime.yaml"
+    every_seconds = (f"  export_every_seconds: {args.export_every_seconds}\n"
+                     if args.export_every_seconds else "")
     runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n"
+                            f"{every_seconds}"
                             f"  domain_bank: {str(not args.no_domain_bank).lower()}\n")
     cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
                        model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),

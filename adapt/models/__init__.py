@@ -23,6 +23,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "deeplabv3_mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
     "deeplabv3_resnet50": deeplabv3_resnet50,
     "tiny": lambda num_classes=19: TinySegNet(num_classes),
+    "small": lambda num_classes=19: TinySegNet(num_classes, width=2),
 }
 
 
