@@ -39,6 +39,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="source model (default: the shipped synthetic one)")
     p.add_argument("--method", default=None, help="iapc-runtime --method (default: its own)")
+    p.add_argument("--method-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a key of the runtime config's method: section (repeatable), "
+                        "e.g. restore_probability=0.01")
     p.add_argument("--no-domain-bank", action="store_true",
                    help="adapt without the bank of per-domain states (for the comparison)")
     p.add_argument("--no-baseline", action="store_true", help="skip the source-only run")
@@ -49,6 +52,16 @@ def parse_args() -> argparse.Namespace:
                    help="where the domains are written (default: the iapc cache)")
     p.add_argument("--out", type=Path, default=Path("bench_continual"))
     return p.parse_args()
+
+
+def method_section(settings: list[str]) -> str:
+    """The ``method:`` YAML section of ``KEY=VALUE`` settings ("" for none)."""
+    if not settings:
+        return ""
+    pairs = [setting.split("=", 1) for setting in settings]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit("--method-setting takes KEY=VALUE, e.g. restore_probability=0.01")
+    return "method:\n" + "".join(f"  {key.strip()}: {value.strip()}\n" for key, value in pairs)
 
 
 def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[Path]:
@@ -120,7 +133,8 @@ def main() -> int:
                      if args.export_every_seconds else "")
     runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n"
                             f"{every_seconds}"
-                            f"  domain_bank: {str(not args.no_domain_bank).lower()}\n")
+                            f"  domain_bank: {str(not args.no_domain_bank).lower()}\n"
+                            + method_section(args.method_setting))
     cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
                        model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),
                        method=args.method, baseline=not args.no_baseline, out=args.out)

@@ -104,9 +104,13 @@ class HealthConfig:
                                           minimum=0, maximum=1, cli=False)
 
 
+# Where the runtime's method differs from AdaptConfig's defaults (which are the offline paper run).
+RUNTIME_METHOD = {"method": "iapc", "preset": "stream"}
+
+
 def streaming_method() -> AdaptConfig:
     """The runtime's method: IAPC with the streaming preset (its own lr, warm-up, EMA)."""
-    return AdaptConfig(method="iapc", preset="stream")
+    return AdaptConfig(**RUNTIME_METHOD)
 
 
 @dataclass
@@ -155,7 +159,8 @@ class RuntimeConfig:
         if method is not None:
             if isinstance(method, dict):  # a saved ad-hoc preset is not a runtime setting
                 method = {k: v for k, v in method.items() if k != "preset_definition"}
-            cfg.method = from_plain(AdaptConfig, method, "config.method")
+            # keys left out keep the runtime's method, not AdaptConfig's offline defaults
+            cfg.method = from_plain(AdaptConfig, {**RUNTIME_METHOD, **method}, "config.method")
         return cfg
 
     def check(self) -> None:
