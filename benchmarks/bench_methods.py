@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no PE": {"weights": LossWeights(ia=0.2, im=0.5, ps=0.04, pe=0.0)},
     "classifier x1": {"classifier_lr_mult": 1.0},
     "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
+    "restore 0.01": {"restore_probability": 0.01},
 }
 
 

@@ -1,4 +1,4 @@
-"""The source model that ships with the package: its manifest, its hash, and its mIoU."""
+"""The source models that ship with the package: their manifests, hashes and mIoU."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ import pytest
 from iapc.shipped import sha256_of, shipped_checkpoint, shipped_manifest, weights_path
 
 
-def test_the_shipped_tiny_model_matches_its_manifest_and_scores_what_it_says(tmp_path):
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_a_shipped_model_matches_its_manifest_and_scores_what_it_says(tmp_path, name):
     from iapc.adapt.checkpoint import load_model
     from iapc.adapt.embedded import EMBEDDED_SIZE
     from iapc.adapt.evaluate import evaluate_model, labelled_samples
     from iapc.synth import write_domain
 
-    manifest = shipped_manifest("tiny")
-    assert manifest is not None, "iapc/weights/source_tiny.json is missing"
+    manifest = shipped_manifest(name)
+    assert manifest is not None, f"iapc/weights/source_{name}.json is missing"
     for key in ("command", "data", "seed", "sha256", "source_val_miou", "input_size"):
         assert key in manifest, key
-    path = shipped_checkpoint("tiny")
-    assert path == weights_path("tiny") and sha256_of(path) == manifest["sha256"]
+    path = shipped_checkpoint(name)
+    assert path == weights_path(name) and sha256_of(path) == manifest["sha256"]
     model, meta = load_model(path)
     assert meta["input_size"] == tuple(manifest["input_size"]) == EMBEDDED_SIZE
+    assert meta["model"] == manifest["model"] == name
     # the first frames of the source domain's val split, as the manifest's check scored them
     frames = manifest["check"]["frames"]
     write_domain(tmp_path, "source", {"val": frames}, size=EMBEDDED_SIZE, seed=manifest["data"]["seed"])
