@@ -70,6 +70,9 @@ class Preset:
     warmup_iters: int = 5000
     ema_alpha: float = 0.9999
     schedule: str = "poly"
+    # Stochastic restore (CoTTA): after each step every weight returns to its source value with
+    # this probability, so no weight drifts for more than about 1/p steps of an unbounded stream.
+    restore_probability: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -85,7 +88,7 @@ PRESETS: dict[str, Preset] = {
                      ps_reshape_quirk=False, weights=LossWeights(ia=0.2, im=0.5, ps=0.04, pe=2.0),
                      bn_statistics="clean", teacher="memory", rare_fraction=1 / 32,
                      lr=3e-5, classifier_lr_mult=1.0, warmup_iters=20, ema_alpha=0.999,
-                     schedule="constant"),
+                     schedule="constant", restore_probability=0.01),
 }
 BN_STATISTICS = ("augmented", "clean", "frozen")
 TEACHERS = ("source", "memory", "source_bn")
@@ -143,9 +146,9 @@ class AdaptConfig:
         None, "BatchNorm momentum of statistics that follow the target (stream preset, bn, tent); "
         "None: each layer's own (0.1), for bn a plain average of all frames", above=0, maximum=1)
     tent_lr: float = setting(1e-3, "Adam learning rate of the tent method", above=0)
-    restore_probability: float = setting(
-        0.0, "stochastic restore: chance per weight and step of returning to its source value",
-        minimum=0, maximum=1)
+    restore_probability: float | None = setting(
+        None, "stochastic restore: chance per weight and step of returning to its source value; "
+        "None: the preset's", minimum=0, maximum=1)
     seed: int = setting(0, "seed of crops and augmentations", minimum=0)
 
     def __post_init__(self) -> None:
@@ -172,7 +175,8 @@ class AdaptConfig:
         """This config with every ``None`` optimisation setting taken from the preset."""
         preset = get_preset(self.preset)
         missing = {name: getattr(preset, name)
-                   for name in ("lr", "classifier_lr_mult", "warmup_iters", "ema_alpha", "schedule")
+                   for name in ("lr", "classifier_lr_mult", "warmup_iters", "ema_alpha", "schedule",
+                                "restore_probability")
                    if getattr(self, name) is None}
         return dataclasses.replace(self, **missing) if missing else self
 
