@@ -22,6 +22,7 @@ _LARGE = pytest.mark.slow  # ResNet backbones: a few seconds each even at 64x64
 
 @pytest.mark.parametrize("name", [
     "tiny",
+    "small",
     pytest.param("deeplabv3_mobilenet_v3_large", marks=_LARGE),
     pytest.param("deeplabv3_resnet50", marks=_LARGE),
     pytest.param("deeplabv2_resnet101", marks=_LARGE),
@@ -37,7 +38,7 @@ def test_every_registered_model_exports_and_matches_pytorch(tmp_path, name):
 
 
 def test_registry_is_covered():
-    assert set(MODELS) == {"tiny", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
+    assert set(MODELS) == {"tiny", "small", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
                            "deeplabv2_resnet101"}
 
 
