@@ -338,26 +338,33 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
 
 
 @torch.inference_mode()
-def generate_pseudo_labels(source: nn.Module, images_u8: torch.Tensor,
+def ensemble_probabilities(model: nn.Module, images_u8: torch.Tensor,
                            scales: tuple[float, ...] = (0.75, 1.0, 1.25), flip: bool = True
                            ) -> torch.Tensor:
-    """Offline pseudo-labels as the released code: softmax averaged over ``scales`` and (with
-    ``flip``) horizontal flips, each upsampled to the image size, then argmax.
-
-    ``images_u8`` uint8 (N, 3, H, W) RGB -> uint8 (N, H, W). ``source`` should be in eval mode.
-    """
-    if source.num_classes > 255:
-        raise UserError(f"{source.num_classes} classes do not fit uint8 pseudo-labels (255 is ignore)")
-    device = device_of(source)
-    x = normalize(images_u8.to(device), source.norm)  # (N, 3, H, W)
+    """Softmax averaged over ``scales`` and (with ``flip``) horizontal flips, each upsampled to
+    the image size: uint8 (N, 3, H, W) RGB -> float (N, K, H, W). ``model`` should be in eval mode."""
+    device = device_of(model)
+    x = normalize(images_u8.to(device), model.norm)  # (N, 3, H, W)
     size = tuple(x.shape[-2:])
-    prob_sum = torch.zeros(x.shape[0], source.num_classes, *size, device=device)
+    prob_sum = torch.zeros(x.shape[0], model.num_classes, *size, device=device)
+    views = 0
     for scale in scales:
         scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         xs = x if scaled_size == size else F.interpolate(x, size=scaled_size, mode="bilinear",
                                                           align_corners=True)
         for flipped in ((False, True) if flip else (False,)):
-            logits, _ = source(xs.flip(-1) if flipped else xs)  # (N, K, h, w)
+            logits, _ = model(xs.flip(-1) if flipped else xs)  # (N, K, h, w)
             logits = logits.flip(-1) if flipped else logits
             prob_sum += upsample(logits.float(), size).softmax(dim=1)
-    return prob_sum.argmax(dim=1).to(torch.uint8)
+            views += 1
+    return prob_sum / views
+
+
+def generate_pseudo_labels(source: nn.Module, images_u8: torch.Tensor,
+                           scales: tuple[float, ...] = (0.75, 1.0, 1.25), flip: bool = True
+                           ) -> torch.Tensor:
+    """Offline pseudo-labels as the released code: the argmax of :func:`ensemble_probabilities`
+    over ``scales`` and flips. ``images_u8`` uint8 (N, 3, H, W) RGB -> uint8 (N, H, W)."""
+    if source.num_classes > 255:
+        raise UserError(f"{source.num_classes} classes do not fit uint8 pseudo-labels (255 is ignore)")
+    return ensemble_probabilities(source, images_u8, scales, flip).argmax(dim=1).to(torch.uint8)

@@ -49,7 +49,7 @@ class Adapter:
     updates_weights = True  # False: nothing to export after the first engine
 
     def __init__(self, model: nn.Module, cfg: AdaptConfig):
-        self.cfg = cfg
+        self.cfg = cfg.resolved()  # the preset's values where cfg leaves them None
         self.source = copy.deepcopy(model).eval().requires_grad_(False)
         self.step_count = 0
 
@@ -200,14 +200,14 @@ class IAPC(Adapter):
         self.optimizer = make_optimizer(self.target, cfg)
         self.state = AdaptState.new(self.target.num_classes, device_of(self.target))
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.restore_probability = cfg.resolved().restore_probability
 
     def step(self, batch, pseudo_label=None, generator=None):
         stats = adaptation_step(self.source, self.memory, self.trained, batch, self.optimizer,
                                 self.state, self.cfg, pseudo_label=pseudo_label,
                                 generator=generator if generator is not None else self.generator)
-        if not stats["skipped"] and self.restore_probability > 0:
-            stochastic_restore(self.target, self.source, self.restore_probability, self.generator)
+        if not stats["skipped"] and self.cfg.restore_probability > 0:
+            stochastic_restore(self.target, self.source, self.cfg.restore_probability,
+                               self.generator)
         self.step_count = self.state.step
         return stats
 

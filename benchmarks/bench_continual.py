@@ -54,14 +54,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def method_section(settings: list[str]) -> str:
-    """The ``method:`` YAML section of ``KEY=VALUE`` settings ("" for none)."""
-    if not settings:
-        return ""
-    pairs = [setting.split("=", 1) for setting in settings]
+def runtime_settings(args: argparse.Namespace) -> dict:
+    """The runtime config file of the adapted run: export cadence, bank, ``--method-setting``s."""
+    import yaml
+
+    adaptation = {"export_every_steps": args.export_every_steps,
+                  "domain_bank": not args.no_domain_bank}
+    if args.export_every_seconds:
+        adaptation["export_every_seconds"] = args.export_every_seconds
+    pairs = [setting.split("=", 1) for setting in args.method_setting]
     if any(len(pair) != 2 for pair in pairs):
         raise SystemExit("--method-setting takes KEY=VALUE, e.g. restore_probability=0.01")
-    return "method:\n" + "".join(f"  {key.strip()}: {value.strip()}\n" for key, value in pairs)
+    settings = {"adaptation": adaptation}
+    if pairs:  # values typed as YAML reads them (0.01 a number, true a boolean)
+        settings["method"] = {key.strip(): yaml.safe_load(value) for key, value in pairs}
+    return settings
 
 
 def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[Path]:
@@ -116,6 +123,8 @@ def print_table(report: dict) -> None:
 
 
 def main() -> int:
+    import yaml
+
     from iapc.adapt.embedded import EMBEDDED_SIZE
     from iapc.cache import cache_dir
     from iapc.replay.markdown import headline
@@ -129,12 +138,7 @@ def main() -> int:
     checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     runtime_yaml = args.out / "runtime.yaml"
-    every_seconds = (f"  export_every_seconds: {args.export_every_seconds}\n"
-                     if args.export_every_seconds else "")
-    runtime_yaml.write_text(f"adaptation:\n  export_every_steps: {args.export_every_steps}\n"
-                            f"{every_seconds}"
-                            f"  domain_bank: {str(not args.no_domain_bank).lower()}\n"
-                            + method_section(args.method_setting))
+    runtime_yaml.write_text(yaml.safe_dump(runtime_settings(args)))
     cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
                        model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),
                        method=args.method, baseline=not args.no_baseline, out=args.out)

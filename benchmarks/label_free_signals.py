@@ -42,7 +42,7 @@ from iapc.adapt.baselines import bn_adapt
 from iapc.adapt.checkpoint import load_model
 from iapc.adapt.evaluate import labelled_samples
 from iapc.adapt.losses import IGNORE_INDEX
-from iapc.adapt.method import batch_norm_layers
+from iapc.adapt.method import batch_norm_layers, ensemble_probabilities
 from iapc.adapt.preprocessing import camera_to_rgb, normalize
 from iapc.data import load_sample
 from iapc.metrics import ConfusionMatrix
@@ -58,24 +58,24 @@ def load_split(root: Path, split: str, size) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def predict(model, frames, views=((1.0, False),), chunk=16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax (N, K, H, W) averaged over ``views`` (scale, flip), and features (N, C, h, w) of
-    the plain view, in eval mode."""
+def predict(model, frames, chunk=16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (N, K, H, W) and features (N, C, h, w) of one plain forward, in eval mode."""
     model.eval()
     probs, feats = [], []
     for start in range(0, len(frames), chunk):
         x = normalize(frames[start:start + chunk], model.norm)  # (n, 3, H, W)
-        total = 0
-        for scale, flip in views:
-            xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
-                                                      align_corners=True)
-            logits, feat = model(xs.flip(-1) if flip else xs)  # (n, K, h, w)
-            logits = logits.flip(-1) if flip else logits
-            total = total + upsampled(logits, x.shape[-2:]).softmax(1)
-            if scale == 1.0 and not flip:
-                feats.append(feat)
-        probs.append(total / len(views))
+        logits, feat = model(x)  # (n, K, h, w), (n, C, h, w)
+        probs.append(upsampled(logits, x.shape[-2:]).softmax(1))
+        feats.append(feat)
     return torch.cat(probs), torch.cat(feats)
+
+
+def predict_ensemble(model, frames, chunk=16) -> torch.Tensor:
+    """Softmax (N, K, H, W) averaged over scales 0.75/1/1.25 and flips, as the offline
+    pseudo-labels of IAPC (:func:`~iapc.adapt.method.ensemble_probabilities`)."""
+    model.eval()
+    return torch.cat([ensemble_probabilities(model, frames[start:start + chunk])
+                      for start in range(0, len(frames), chunk)])
 
 
 def upsampled(maps: torch.Tensor, size) -> torch.Tensor:
@@ -168,12 +168,11 @@ def run_instance(source, root: Path, size) -> dict[str, float]:
     val_p, val_f = predict(adapted, val_x)
     train_p, train_f = predict(adapted, train_x)
     confidence, pseudo = train_p.max(1)
-    ensemble = tuple((s, f) for s in (0.75, 1.0, 1.25) for f in (False, True))
     prior_shift = (class_frequencies(train_y, train_p.shape[1])
                    / train_p.mean((0, 2, 3)).double()).float()[None, :, None, None]
     scores = {
         "BN-adapt": miou(val_p, val_y),
-        "BN + flip/scale ensemble": miou(predict(adapted, val_x, ensemble)[0], val_y),
+        "BN + flip/scale ensemble": miou(predict_ensemble(adapted, val_x), val_y),
         "BN + source statistics 10%": miou(predict(statistics_mixed(adapted, source, 0.1), val_x)[0], val_y),
         "BN + per-image statistics 50%": miou(per_image_statistics(adapted, val_x, 0.5), val_y),
         "BN + true target prior": miou(val_p * prior_shift, val_y),

@@ -78,8 +78,8 @@ class AdaptationConfig:
     domain_bank_size: int = setting(4, "domains kept in the bank", minimum=1, cli=False)
     shift_z: float = setting(1.6, "descriptor z-score above which a frame is far from its "
                              "domain", above=0, cli=False)
-    shift_window: int = setting(12, "far frames in a row that make a domain shift", minimum=1,
-                                cli=False)
+    shift_window: int = setting(12, "recent frames of which 3/4 far make a domain shift",
+                                minimum=1, cli=False)
     domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
 
