@@ -10,6 +10,7 @@ no collapse), and every domain above source-only.
 
     .venv/bin/python benchmarks/bench_continual.py                 # about 15 minutes on 2 cores
     .venv/bin/python benchmarks/bench_continual.py --rounds 2 --sequences 2   # a quick look
+    .venv/bin/python benchmarks/bench_continual.py --rounds 3 --repeats 3     # with intervals
 
 The full report (report.json, report.md, plots) goes to ``--out``.
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,7 +33,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--sequences", type=int, default=10,
-                   help="30-frame val snippets per domain (one annotated frame each)")
+                   help="30-frame val snippets per domain")
+    p.add_argument("--label-every", type=int, default=5,
+                   help="label every K-th snippet frame (K=5: 6 scored frames per snippet, 60 per "
+                        "visit of 10 snippets; 30 or more: only the Cityscapes annotated frame)")
     p.add_argument("--rate", type=float, default=17.0, help="replay rate, frames per second")
     p.add_argument("--export-every-steps", type=int, default=20,
                    help="adaptation steps between engine exports")
@@ -42,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--method-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a key of the runtime config's method: section (repeatable), "
                         "e.g. restore_probability=0.01")
+    p.add_argument("--adaptation-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a key of the runtime config's adaptation: section (repeatable), "
+                        "e.g. statistics_follow_frames=false")
     p.add_argument("--no-domain-bank", action="store_true",
                    help="adapt without the bank of per-domain states (for the comparison)")
     p.add_argument("--no-baseline", action="store_true", help="skip the source-only run")
@@ -50,28 +59,41 @@ def parse_args() -> argparse.Namespace:
                         "its default (cached separately), where the full training is too slow")
     p.add_argument("--data", type=Path, default=None,
                    help="where the domains are written (default: the iapc cache)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="adapted runs (the source-only one runs once); with 2 or more, each run "
+                        "goes to OUT/runK and the figures are given with a 95%% interval")
     p.add_argument("--out", type=Path, default=Path("bench_continual"))
     return p.parse_args()
 
 
 def runtime_settings(args: argparse.Namespace) -> dict:
-    """The runtime config file of the adapted run: export cadence, bank, ``--method-setting``s."""
-    import yaml
-
+    """The runtime config file of the adapted run: export cadence, bank, ``--method-setting``s
+    and ``--adaptation-setting``s."""
     adaptation = {"export_every_steps": args.export_every_steps,
                   "domain_bank": not args.no_domain_bank}
     if args.export_every_seconds:
         adaptation["export_every_seconds"] = args.export_every_seconds
-    pairs = [setting.split("=", 1) for setting in args.method_setting]
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit("--method-setting takes KEY=VALUE, e.g. restore_probability=0.01")
+    adaptation.update(key_values(args.adaptation_setting, "--adaptation-setting"))
     settings = {"adaptation": adaptation}
-    if pairs:  # values typed as YAML reads them (0.01 a number, true a boolean)
-        settings["method"] = {key.strip(): yaml.safe_load(value) for key, value in pairs}
+    method = key_values(args.method_setting, "--method-setting")
+    if method:
+        settings["method"] = method
     return settings
 
 
-def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[Path]:
+def key_values(settings: list[str], option: str) -> dict:
+    """KEY=VALUE strings as a dict, values typed as YAML reads them (0.01 a number, true a
+    boolean)."""
+    import yaml
+
+    pairs = [setting.split("=", 1) for setting in settings]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"{option} takes KEY=VALUE, e.g. restore_probability=0.01")
+    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
+
+
+def write_domains(folder: Path, sequences: int, size: tuple[int, int],
+                  label_every: int | None) -> list[Path]:
     """The four target domains with ``sequences`` val snippets each, written once."""
     from iapc.synth import write_domain
 
@@ -81,7 +103,7 @@ def write_domains(folder: Path, sequences: int, size: tuple[int, int]) -> list[P
         done = root / ".complete"
         if not done.is_file():
             write_domain(root, domain, split_sizes={"val": sequences}, size=size,
-                         sequences=sequences)
+                         sequences=sequences, label_every=label_every)
             done.touch()
         roots.append(root)
     return roots
@@ -127,28 +149,43 @@ def main() -> int:
 
     from iapc.adapt.embedded import EMBEDDED_SIZE
     from iapc.cache import cache_dir
-    from iapc.replay.markdown import headline
     from iapc.replay.plan import ReplayConfig
     from iapc.replay.run import run_replay
 
     args = parse_args()
     started = datetime.datetime.now().astimezone()
-    data = args.data or cache_dir() / "synthetic" / f"continual_{args.sequences}seq"
-    roots = write_domains(data, args.sequences, EMBEDDED_SIZE)
+    label_every = args.label_every if args.label_every < 30 else None
+    data = args.data or (cache_dir() / "synthetic"
+                         / f"continual_{args.sequences}seq_label{label_every or 30}")
+    roots = write_domains(data, args.sequences, EMBEDDED_SIZE, label_every)
     checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     runtime_yaml = args.out / "runtime.yaml"
     runtime_yaml.write_text(yaml.safe_dump(runtime_settings(args)))
-    cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate, checkpoint=str(checkpoint),
-                       model="tiny", input_size=EMBEDDED_SIZE, runtime_config=str(runtime_yaml),
-                       method=args.method, baseline=not args.no_baseline, out=args.out)
-    report = run_replay(cfg)
-    print(f"# bench_continual: {started:%Y-%m-%d %H:%M %Z} on {platform.node()} "
-          f"({platform.processor() or platform.machine()})")
-    print(f"# command: {shlex.join([sys.executable] + sys.argv)}")
-    print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {args.sequences} snippets "
-          f"({report['replay']['frames_per_round']} frames/round) at {args.rate:g} fps, "
-          f"engine {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]}")
+    summaries = []
+    for run in range(args.repeats):
+        out = args.out if args.repeats == 1 else args.out / f"run{run + 1}"
+        cfg = ReplayConfig(roots=roots, rounds=args.rounds, rate=args.rate,
+                           checkpoint=str(checkpoint), model="tiny", input_size=EMBEDDED_SIZE,
+                           runtime_config=str(runtime_yaml), method=args.method,
+                           baseline=not args.no_baseline and run == 0, out=out)
+        report = run_replay(cfg)
+        print(f"# bench_continual: {started:%Y-%m-%d %H:%M %Z} on {platform.node()} "
+              f"({platform.processor() or platform.machine()}), run {run + 1} of {args.repeats}")
+        print(f"# command: {shlex.join([sys.executable] + sys.argv)}")
+        print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {args.sequences} snippets "
+              f"({report['replay']['frames_per_round']} frames/round, every {label_every or 30}th "
+              f"scored) at {args.rate:g} fps, engine {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]}")
+        print_report(report, out)
+        summaries.append(run_figures(report))
+    if args.repeats > 1:
+        print_repeats(summaries, args.out)
+    return 0
+
+
+def print_report(report: dict, out: Path) -> None:
+    from iapc.replay.markdown import headline
+
     print_table(report)
     for run in ("adapted", "source_only"):
         if report.get(run):
@@ -156,8 +193,38 @@ def main() -> int:
             print(f"{run}: first {after['frames']} frames after each switch: mIoU {after['miou']} "
                   f"({after['annotated']} annotated), on returns (rounds 2+) {after['miou_returns']}")
     print(headline(report))
-    print(f"report: {args.out / 'report.md'}")
-    return 0
+    print(f"report: {out / 'report.md'}")
+
+
+def run_figures(report: dict) -> dict[str, float]:
+    """The figures of one adapted run that repeated runs are compared on."""
+    table = report["continual"]["table"]
+    last = max(row["round"] for row in table)
+    after = report["adapted"]["scores"]["after_switch"]
+    changes = [d["change"] for d in report["continual"]["goals"]["per_domain"].values()]
+    figures = {"overall": report["adapted"]["scores"]["miou"],
+               "round 1 (mean of domains)": statistics.fmean(
+                   row["adapted"] for row in table if row["round"] == 1),
+               "last round (mean of domains)": statistics.fmean(
+                   row["adapted"] for row in table if row["round"] == last),
+               "first 100 frames after a switch": after["miou"],
+               "... after a return": after["miou_returns"],
+               "worst last - first round": min(changes)}
+    return {k: v for k, v in figures.items() if v is not None}
+
+
+def print_repeats(summaries: list[dict[str, float]], out: Path) -> None:
+    """Mean and 95% interval over the repeated runs of each figure; saved to OUT/repeats.json."""
+    from iapc.metrics import mean_interval
+
+    print(f"# over {len(summaries)} runs: mean +- 95% interval (each run)")
+    result = {}
+    for name in summaries[0]:
+        values = [s[name] for s in summaries if name in s]
+        mean, half = mean_interval(values)
+        result[name] = {"mean": mean, "half_width": half, "runs": values}
+        print(f"{name:>34}: {mean:6.2f} +- {half:4.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
+    (out / "repeats.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

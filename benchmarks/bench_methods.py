@@ -37,6 +37,7 @@ import torch
 
 from iapc.adapt.checkpoint import load_model
 from iapc.data import find_samples, load_sample
+from iapc.metrics import mean_interval
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size
 from iapc.adapt.losses import PRESETS, LossWeights
 from iapc.adapt.method import AdaptConfig
@@ -182,20 +183,6 @@ def run_domain(model, domain: str, seed: int, args) -> dict[str, float]:
 # ----------------------------------------------------------------------------- statistics
 
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def interval(diffs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval of paired differences (0 width for one)."""
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, math.nan
-    dof = len(diffs) - 1
-    t = T_975.get(dof) or T_975[max(k for k in T_975 if k <= dof)]
-    return mean, t * statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """Per domain (and over all): mean per method, differences with intervals, gap closed."""
     summary = {}
@@ -205,7 +192,7 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         entry = {"mean": {m: statistics.fmean(r[m] for r in rows) for m in methods}}
         for ref in ("source-only", "BN-adapt"):
             if ref in methods:
-                entry[f"vs {ref}"] = {m: interval([r[m] - r[ref] for r in rows]) for m in methods}
+                entry[f"vs {ref}"] = {m: mean_interval([r[m] - r[ref] for r in rows]) for m in methods}
         if "oracle" in methods and "source-only" in methods:
             gap = entry["mean"]["oracle"] - entry["mean"]["source-only"]
             entry["gap closed"] = {m: (entry["mean"][m] - entry["mean"]["source-only"]) / gap

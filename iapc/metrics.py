@@ -1,4 +1,5 @@
-"""Segmentation metrics: a confusion matrix with per-class IoU and mIoU.
+"""Segmentation metrics: a confusion matrix with per-class IoU and mIoU; the 95% interval of a
+mean over a few runs (:func:`mean_interval`, for benchmarks).
 
 Follows torchvision's ``references/segmentation`` ``ConfusionMatrix`` (update / compute / reset)
 and gives the same numbers as ``cityscapesscripts``' pixel-level evaluation: pixels whose ground
@@ -8,6 +9,8 @@ appears in neither prediction nor ground truth, and mIoU is the mean over the no
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,3 +116,20 @@ def format_table(scores: SegmentationScores) -> str:
         lines.append(f"{names[k]:<{width}}  {'   n/a' if np.isnan(value) else f'{100 * value:6.2f}'}")
     lines.append(f"{'mIoU':<{width}}  {100 * scores.miou:6.2f}  ({len(scores.classes)} classes)")
     return "\n".join(lines)
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (a table: the package does not
+# depend on scipy); a dof between two entries uses the smaller one's (a wider interval).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval of ``values`` (runs, seeds or paired
+    differences); the half-width is NaN for a single value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    dof = len(values) - 1
+    t = T_975.get(dof) or T_975[max(k for k in T_975 if k <= dof)]
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))

@@ -1,7 +1,7 @@
 """``iapc synth``: write synthetic driving domains in the Cityscapes layout.
 
     iapc synth --out DIR [--domains source city night fog rain | all] [--train N] [--val M]
-               [--size 256x128] [--sequences S] [--seed K]
+               [--size 256x128] [--sequences S] [--label-every K] [--seed K]
 
 Each domain goes to ``DIR/<domain>/`` (``leftImg8bit``, ``gtFine`` and, with ``--sequences``,
 ``leftImg8bit_sequence``), readable by :func:`iapc.data.find_cityscapes`.
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=0,
                         help="scenes per split that also get their 30-frame leftImg8bit_sequence "
                              "snippet (capped at the split's size)")
+    parser.add_argument("--label-every", type=int, default=None, metavar="K",
+                        help="also label every K-th frame of each snippet around the annotated "
+                             "one (denser scoring of replays; default: only the annotated frame)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         for domain in domains:
             bar.set_postfix_str(domain)
             write_domain(out / domain, domain, splits, size, args.sequences, args.seed,
-                         progress=bar.update)
+                         progress=bar.update, label_every=args.label_every)
     print(f"wrote {', '.join(domains)} ({args.train} train + {args.val} val scenes each, "
           f"{size[0]}x{size[1]}) under {out}")
     return 0

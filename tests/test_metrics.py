@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from support import cityscapes_eval_args
 from iapc.labels import CLASS_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_TO_ID, label_ids_to_train_ids
-from iapc.metrics import ConfusionMatrix, format_table
+from iapc.metrics import ConfusionMatrix, format_table, mean_interval
 from iapc.errors import UserError
 
 
@@ -86,3 +88,13 @@ def test_bad_input_is_a_user_error():
         metric.compute("7")
     with pytest.raises(UserError, match="--classes"):
         ConfusionMatrix(5).compute("19")
+
+
+def test_mean_interval_is_the_95_percent_t_interval_of_the_mean():
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean_interval([5.0, 5.0])[1] == 0.0
+    assert math.isnan(mean_interval([4.0])[1])  # one run: no interval
+    # 12 runs (dof 11) and 13 (dof 12, between table entries: the wider dof-11 quantile)
+    assert mean_interval([0.0, 1.0] * 6)[1] == pytest.approx(2.201 * math.sqrt(3 / 11) / math.sqrt(12))
+    assert mean_interval([0.0, 1.0] * 6 + [0.5])[1] > 0

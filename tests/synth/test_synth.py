@@ -14,7 +14,7 @@ import pytest
 
 from iapc import synth
 from iapc.cli import main as iapc_main
-from iapc.data import find_cityscapes, load_sample
+from iapc.data import find_cityscapes, load_sample, read_train_ids
 from iapc.errors import UserError
 from iapc.labels import NAME_TO_ID
 
@@ -84,6 +84,21 @@ def test_written_domain_reads_back_with_the_dataset_code(written_root):
     snippet_frame = cv2.imread(str(sequence[19].image))
     annotated = cv2.imread(str(samples[0].image))
     assert np.array_equal(snippet_frame, annotated)
+
+
+def test_label_every_labels_snippet_frames_around_the_annotated_one(tmp_path, written_root):
+    synth.write_domain(tmp_path, "night", {"val": 1}, size=(128, 64), sequences=1, seed=3,
+                       label_every=10)
+    city = synth.DOMAINS["night"].city
+    labelled = [s for s in find_cityscapes(tmp_path, "val", sequence=True) if s.label is not None]
+    assert [s.name for s in labelled] == [f"{city}_000000_{k:06d}" for k in (9, 19, 29)]
+    # the Cityscapes image list is unchanged: only frame 19 is an annotated image
+    assert [s.name for s in find_cityscapes(tmp_path, "val")] == [f"{city}_000000_000019"]
+    # each label is that frame's own (frames move): frame 29's differs from frame 19's
+    labels = [read_train_ids(s.label) for s in labelled]
+    assert not np.array_equal(labels[1], labels[2])
+    same = Path("gtFine") / "val" / city / f"{city}_000000_000019_gtFine_labelIds.png"
+    assert (tmp_path / same).read_bytes() == (written_root / same).read_bytes()
 
 
 def test_an_annotated_scene_does_not_depend_on_writing_its_sequence(tmp_path, written_root):
