@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
                         "e.g. restore_probability=0.01")
     p.add_argument("--adaptation-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a key of the runtime config's adaptation: section (repeatable), "
-                        "e.g. statistics_follow_frames=false")
+                        "e.g. duty_cycle=1.0")
     p.add_argument("--no-domain-bank", action="store_true",
                    help="adapt without the bank of per-domain states (for the comparison)")
     p.add_argument("--no-baseline", action="store_true", help="skip the source-only run")
