@@ -114,11 +114,10 @@ def source_model(iters: int | None) -> Path:
     for ``iters`` iterations, cached beside it under its own name."""
     from iapc.adapt.embedded import ensure_source_model
     from iapc.cache import cache_dir
-
-    from iapc.shipped import shipped_checkpoint
+    from iapc.replay.run import embedded_checkpoint
 
     if iters is None:
-        return shipped_checkpoint("tiny") or ensure_source_model("tiny")
+        return embedded_checkpoint("tiny")
     return ensure_source_model("tiny", out=cache_dir() / "embedded" / f"source_tiny_{iters}it.pt",
                                iters=iters)
 

@@ -93,7 +93,7 @@ def swap_interval_ratio(headers) -> tuple[float, int]:
 
 def main() -> int:
     from iapc.adapt.checkpoint import load_model
-    from iapc.adapt.embedded import ensure_source_model
+    from iapc.replay.run import embedded_checkpoint
     from iapc.export.onnx_export import export_onnx
     from iapc.runtime.config import parse_size
 
@@ -103,12 +103,12 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=15.0, help="rate of the paced latency runs")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each paced run")
     parser.add_argument("--checkpoint", type=Path,
-                        help="a 'tiny' source checkpoint (default: the embedded one, trained on first use)")
+                        help="a 'tiny' source checkpoint (default: the runtime's, shipped with the package)")
     parser.add_argument("--config", type=Path, help="runtime YAML for every run (e.g. a duty cycle)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    checkpoint = args.checkpoint or ensure_source_model("tiny")
+    checkpoint = args.checkpoint or embedded_checkpoint("tiny")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
