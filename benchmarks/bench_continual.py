@@ -191,6 +191,9 @@ def print_report(report: dict, out: Path) -> None:
             after = report[run]["scores"]["after_switch"]
             print(f"{run}: first {after['frames']} frames after each switch: mIoU {after['miou']} "
                   f"({after['annotated']} annotated), on returns (rounds 2+) {after['miou_returns']}")
+            position = report[run]["scores"]["by_visit_position"]
+            print(f"{run}: mIoU by position in a visit ({position['bin_frames']}-frame bins): "
+                  + " ".join(_num(v, 0, 1) for v in position["miou"]))
     print(headline(report))
     print(f"report: {out / 'report.md'}")
 

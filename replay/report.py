@@ -45,15 +45,20 @@ def class_iou(matrices: list[np.ndarray], num_classes: int, classes: str) -> dic
 AFTER_SWITCH_FRAMES = 100  # frames after the stream enters a domain that count as "just after"
 
 
+def visit_positions(scored, plan) -> list[int]:
+    """How far into its visit to a domain (frames since the stream entered it) each scored
+    frame is: its position in the round minus where its domain's block starts."""
+    first_position = {}
+    for position, planned in enumerate(plan.frames):  # where each domain's block starts
+        first_position.setdefault(planned.domain, position)
+    return [(s.frame_id % plan.frames_per_round) - first_position[s.domain] for s in scored]
+
+
 def after_switch(scored, plan, rounds: int, num_classes: int, classes: str,
                  frames: int = AFTER_SWITCH_FRAMES) -> dict:
     """mIoU of the annotated frames among the first ``frames`` of each visit to a domain (the
     stream just entered it), per domain and round and overall: what a change of domain costs."""
-    first_position = {}
-    for position, planned in enumerate(plan.frames):  # where each domain's block starts
-        first_position.setdefault(planned.domain, position)
-    early = [s for s in scored
-             if (s.frame_id % plan.frames_per_round) - first_position[s.domain] < frames]
+    early = [s for s, at in zip(scored, visit_positions(scored, plan)) if at < frames]
     per_visit = {f"{r + 1}/{d}": miou_of([s.confusion for s in early
                                           if s.round == r and s.domain == d], num_classes, classes)
                  for r in range(rounds) for d in plan.domains}
@@ -62,6 +67,27 @@ def after_switch(scored, plan, rounds: int, num_classes: int, classes: str,
             "miou": miou_of([s.confusion for s in early], num_classes, classes),
             "miou_returns": miou_of([s.confusion for s in later_rounds], num_classes, classes),
             "per_round_domain": per_visit}
+
+
+POSITION_BIN_FRAMES = 50  # width of the bins of :func:`by_visit_position`
+
+
+def by_visit_position(scored, plan, num_classes: int, classes: str,
+                      bin_frames: int = POSITION_BIN_FRAMES) -> dict:
+    """mIoU of the annotated frames by how far into a visit they are (bins of ``bin_frames``
+    frames, all rounds), overall and per domain: how fast a domain's masks recover after the
+    stream enters it. A bin without annotated frames is None."""
+    bins = [at // bin_frames for at in visit_positions(scored, plan)]
+    count = max(bins, default=-1) + 1
+
+    def curve(domain: str | None) -> list[float | None]:
+        return [miou_of([s.confusion for s, b in zip(scored, bins)
+                         if b == i and (domain is None or s.domain == domain)],
+                        num_classes, classes)
+                for i in range(count)]
+
+    return {"bin_frames": bin_frames, "miou": curve(None),
+            "per_domain": {d: curve(d) for d in plan.domains}}
 
 
 def miou_summary(record, plan, classes: str) -> dict:
@@ -85,6 +111,7 @@ def miou_summary(record, plan, classes: str) -> dict:
                                                 if s.engine_version == v], k, classes)
                                for v in versions},
         "after_switch": after_switch(scored, plan, record.rounds, k, classes),
+        "by_visit_position": by_visit_position(scored, plan, k, classes),
         "per_frame": [{"frame_id": s.frame_id, "round": s.round + 1, "domain": s.domain,
                        "name": s.name, "engine_version": s.engine_version,
                        "miou": miou_of([s.confusion], k, classes),

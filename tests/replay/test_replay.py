@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -187,6 +188,27 @@ def test_continual_goals_flag_forgetting_and_losing_to_source_only():
     assert goals["no_forgetting"] is False and goals["above_source_only"] is True
     table[-1].update(adapted=39.0, gain=-1.0)
     assert continual_goals(table, ["fog", "rain"])["above_source_only"] is False
+
+
+def test_by_visit_position_scores_frames_by_how_far_into_their_visit_they_are():
+    """Two domains of 100 frames per round, two rounds: frames early in each visit are wrong,
+    later ones right; bins of 50 frames must say so overall and per domain, in every round."""
+    import numpy as np
+
+    from iapc.replay.plan import PlannedFrame, ReplayPlan
+    from iapc.replay.record import ScoredFrame
+    from iapc.replay.report import by_visit_position
+
+    plan = ReplayPlan(["a", "b"], ["a", "b"],
+                      [PlannedFrame(i, "a" if i < 100 else "b", Path(f"{i}.png"), None)
+                       for i in range(200)], rounds=2)
+    right, wrong = np.zeros((19, 19), np.int64), np.zeros((19, 19), np.int64)
+    right[0, 0] = wrong[0, 1] = 100  # class 0 everywhere, predicted as 0 (IoU 1) or as 1 (IoU 0)
+    scored = [ScoredFrame(r * 200 + start + at, r, domain, "", 1, wrong if at < 50 else right)
+              for r in range(2) for domain, start in (("a", 0), ("b", 100)) for at in (10, 60)]
+    result = by_visit_position(scored, plan, 19, "19", bin_frames=50)
+    assert result["miou"] == [0.0, 100.0]
+    assert result["per_domain"] == {"a": [0.0, 100.0], "b": [0.0, 100.0]}
 
 
 @pytest.mark.parametrize("args, message", [
