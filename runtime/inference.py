@@ -99,6 +99,7 @@ def run_inference(cfg: RuntimeConfig) -> int:
         if cfg.adaptation.enabled:  # the source engine beside the adapted ones, when labelled
             score.compare_with(source_runner(store, make_runner_loader(cfg)))
         engines.start()
+        publisher.let_early_subscribers_join()
         capture.start()
         stats = loop.run()
     finally:

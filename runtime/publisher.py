@@ -40,6 +40,11 @@ DEFAULT_SNDHWM = 8
 DEFAULT_SNDBUF = 0
 # How long close() may wait to hand the last (end-of-stream) messages to connected clients.
 CLOSE_LINGER_MS = 500
+# A subscriber that connected before the runtime bound (a replay, a client started first)
+# retries its connection every 100 ms (ZeroMQ's reconnect interval) and then sends its
+# subscription; the first frame waits this long after the bind so that it reaches them. The
+# runtime never waits for subscribers after that.
+EARLY_SUBSCRIBER_GRACE_S = 0.3
 
 
 @dataclass
@@ -129,8 +134,16 @@ class MaskPublisher:
                 f"cannot bind {address}: {err.strerror}; pick a free port or stop the process "
                 "that holds it"
             ) from err
+        self._bound_at = time.monotonic()
         # The resolved address: "tcp://127.0.0.1:*" becomes the real port.
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def let_early_subscribers_join(self, grace_s: float = EARLY_SUBSCRIBER_GRACE_S) -> None:
+        """Sleep until ``grace_s`` after the bind (at once when that has passed), so that
+        subscribers that were waiting for this runtime receive its first frame."""
+        remaining = self._bound_at + grace_s - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     # -- sending --------------------------------------------------------------------------
 

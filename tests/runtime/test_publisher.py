@@ -122,6 +122,27 @@ def drain(sock: zmq.Socket) -> list:
     return frames
 
 
+def test_a_subscriber_waiting_before_the_bind_receives_the_first_frame(context):
+    """A replay subscribes before the runtime starts: after the grace the runtime gives at
+    start, its very first message reaches that subscriber (no probes, no retries)."""
+    from iapc.replay.launch import free_loopback_port
+
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"
+    sock = raw_subscriber(context, address)  # connects before anything is bound
+    time.sleep(0.05)
+    pub = MaskPublisher(address, context=context)
+    try:
+        pub.let_early_subscribers_join()
+        mask = np.full((4, 6), 7, np.uint8)
+        assert pub.publish_mask(header_for(mask, frame_id=0), mask)
+        assert sock.poll(2000), "the first frame did not reach the waiting subscriber"
+        _, header, received = decode_mask_message(sock.recv_multipart())
+        assert header.frame_id == 0 and np.array_equal(received, mask)
+    finally:
+        sock.close()
+        pub.close()
+
+
 def test_non_loopback_bind_is_refused_unless_allowed():
     with pytest.raises(UserError, match="binding 0.0.0.0 exposes the masks to the network: "
                                         "pass --curve-keys DIR or --insecure"):
