@@ -88,7 +88,7 @@ def key_values(settings: list[str], option: str) -> dict:
 
     pairs = [setting.split("=", 1) for setting in settings]
     if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"{option} takes KEY=VALUE, e.g. restore_probability=0.01")
+        raise SystemExit(f"{option} takes KEY=VALUE (see its --help for an example)")
     return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 

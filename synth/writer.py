@@ -23,13 +23,20 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise UserError(f"cannot write {path}: check that the output folder is writable")
 
 
+def _gt_folder(root: Path, split: str, name: str) -> Path:
+    return root / "gtFine" / split / name.split("_")[0]  # the city is the name's first part
+
+
+def _write_label_ids(root: Path, split: str, name: str, label: np.ndarray) -> None:
+    _write_png(_gt_folder(root, split, name) / f"{name}_gtFine_labelIds.png", label)
+
+
 def _write_labelled(root: Path, split: str, name: str, image: np.ndarray, label: np.ndarray) -> None:
     city = name.split("_")[0]
     _write_png(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", image)
-    gt = root / "gtFine" / split / city
-    _write_png(gt / f"{name}_gtFine_labelIds.png", label)
+    _write_label_ids(root, split, name, label)
     color_rgb = colorize(label_ids_to_train_ids(label))
-    _write_png(gt / f"{name}_gtFine_color.png", color_rgb[..., ::-1])
+    _write_png(_gt_folder(root, split, name) / f"{name}_gtFine_color.png", color_rgb[..., ::-1])
 
 
 def labelled_sequence_frames(label_every: int | None) -> set[int]:
@@ -61,7 +68,7 @@ def _write_scene(root: Path, style: DomainStyle, domain: str, split: str, index:
         if frame == ANNOTATED_FRAME:
             _write_labelled(root, split, name, image, label)
         elif frame in extra_labels:
-            _write_png(root / "gtFine" / split / style.city / f"{name}_gtFine_labelIds.png", label)
+            _write_label_ids(root, split, name, label)
 
 
 def _write_config(root: Path, domain: str, style: DomainStyle, split_sizes: dict[str, int],
