@@ -119,7 +119,8 @@ class AdaptationDaemon:
             return None, None, []
         bank = DomainBank(self.store.root, a.domain_bank_size)
         tracker, order = bank.load_tracker(z_threshold=a.shift_z, window=a.shift_window,
-                                           min_frames=a.domain_min_frames)
+                                           min_frames=a.domain_min_frames,
+                                           match_factor=a.shift_match_factor)
         return bank, tracker, order
 
     @property

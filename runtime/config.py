@@ -80,6 +80,9 @@ class AdaptationConfig:
                              "domain", above=0, cli=False)
     shift_window: int = setting(12, "recent frames of which 3/4 far make a domain shift",
                                 minimum=1, cli=False)
+    shift_match_factor: float = setting(1.5, "after a shift, the frames go to the nearest banked "
+                                        "domain when they score under this times shift_z",
+                                        above=0, cli=False)
     domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
 

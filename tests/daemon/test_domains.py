@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import torch
 
-from iapc.daemon.domains import DomainBank, DomainTracker, describe
+from iapc.daemon.domains import DomainBank, DomainStats, DomainTracker, describe
 from iapc.synth import stream
 
 SIZE = (128, 64)
@@ -93,3 +93,28 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
     finally:
         daemon.events.close()
         events.receiver.close()
+
+
+def _domain_of(centre: np.ndarray, spread: float, count: int, rng) -> DomainStats:
+    """Stats of ``count`` descriptors drawn around ``centre`` with ``spread`` per dimension."""
+    stats = DomainStats()
+    for d in centre + spread * rng.standard_normal((count, centre.size)).astype(np.float32):
+        stats.add(d)
+    return stats
+
+
+def test_a_window_goes_to_a_banked_domain_only_under_the_match_factor():
+    """Frames that look like a banked domain's own come back to it; frames that are clearly
+    nearer to it than to the current one but outside its spread start a domain of their own."""
+    rng = np.random.default_rng(0)
+    zero = np.full(12, 0.5, np.float32)
+    banked = _domain_of(zero, 0.02, 200, rng)
+    here = _domain_of(zero + 0.5, 0.02, 200, rng)
+    for offset, factor, known in [(0.0, 1.5, True), (0.08, 1.5, False), (0.08, 2.0, True)]:
+        tracker = DomainTracker(window=6, min_frames=24, match_factor=factor,
+                                domains={0: banked, 1: here}, current=1)
+        # a window about offset / (spread + floor) = 2.7 z from the banked domain
+        window = zero + offset + 0.005 * rng.standard_normal((6, 12)).astype(np.float32)
+        found = [s for s in map(tracker.observe_descriptor, window) if s is not None]
+        assert len(found) == 1 and found[0].known == known, (offset, factor)
+        assert found[0].to == (0 if known else 2)

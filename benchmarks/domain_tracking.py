@@ -1,0 +1,120 @@
+"""How the domain bank's shift detection sees bench_continual's cycle, without the runtime.
+
+Plays the frames of the continual protocol (city -> night -> fog -> rain, repeated; the frames
+bench_continual writes) through :class:`~iapc.daemon.domains.DomainTracker` as the daemon
+receives them (every ``--sample-every``-th frame), once per tracker setting, and reports per
+setting: the detection lag (stream frames from a change of domain to its shift), shifts that are
+not a change of domain (false), visits whose change was never noticed, and which banked domain
+each visit went to. A visit's domain should be the same id in every round, and different
+domains different ids. Takes seconds: descriptors are computed once per frame.
+
+    .venv/bin/python benchmarks/domain_tracking.py
+    .venv/bin/python benchmarks/domain_tracking.py --rounds 10 --setting 1.6,12,64,1.5 --setting 1.6,8,64,1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+DOMAINS = ("city", "night", "fog", "rain")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--sequences", type=int, default=10, help="snippets per domain (as bench_continual)")
+    p.add_argument("--sample-every", type=int, default=None,
+                   help="the daemon sees every k-th frame (default: the runtime's setting)")
+    p.add_argument("--setting", action="append", default=[], metavar="Z,WINDOW,MIN_FRAMES,MATCH",
+                   help="a tracker setting to compare (repeatable; default: the runtime's, and "
+                        "the same with the match factor 2.0)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="where the domains are (default: bench_continual's cache)")
+    return p.parse_args()
+
+
+def cycle_descriptors(data: Path, sequences: int) -> dict[str, np.ndarray]:
+    """(frames, 12) descriptors of each domain's visit, frames in the order the runtime plays them."""
+    import cv2
+
+    from iapc.daemon.domains import describe
+    from iapc.runtime.sources import cityscapes_source
+
+    out = {}
+    for domain in DOMAINS:
+        images = cityscapes_source(str(data / domain)).images
+        out[domain] = np.stack([describe(cv2.imread(str(path))) for path in images])
+    return out
+
+
+def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> dict:
+    """Each visit's first shift (lag, domain id), shifts that are not a change, missed changes."""
+    from iapc.daemon.domains import DomainTracker
+
+    z, window, min_frames, match = setting
+    tracker = DomainTracker(z_threshold=z, window=int(window), min_frames=int(min_frames),
+                            match_factor=match)
+    lags, false, ids = [], 0, {d: [] for d in DOMAINS}
+    for number, (domain, descriptors) in enumerate(visits):
+        noticed = False
+        for index in range(0, len(descriptors), every):
+            shift = tracker.observe_descriptor(descriptors[index])
+            if shift is None:
+                continue
+            if number == 0 or noticed:
+                false += 1  # the first visit has nothing to change from
+            else:
+                noticed = True
+                lags.append(index)
+                ids[domain].append(str(shift.to))
+        if number and not noticed:
+            ids[domain].append("-")  # served by the previous domain's state all visit
+    return {"lags": lags, "false": false, "ids": ids}
+
+
+def main() -> int:
+    from iapc.adapt.embedded import EMBEDDED_SIZE
+    from iapc.cache import cache_dir
+    from iapc.runtime.config import AdaptationConfig
+
+    sys_path_benchmarks()
+    from bench_continual import write_domains
+
+    args = parse_args()
+    defaults = AdaptationConfig()
+    every = args.sample_every or defaults.sample_every
+    own = (defaults.shift_z, defaults.shift_window, defaults.domain_min_frames,
+           defaults.shift_match_factor)
+    settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or \
+        [own, own[:3] + (2.0,)]
+    data = args.data or cache_dir() / "synthetic" / f"continual_{args.sequences}seq_label5"
+    write_domains(data, args.sequences, EMBEDDED_SIZE, 5)
+    descriptors = cycle_descriptors(data, args.sequences)
+    visits = [(d, descriptors[d]) for _ in range(args.rounds) for d in DOMAINS]
+    print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {len(descriptors['city'])} frames, "
+          f"the daemon sees every {every}. frame; ids: the domain each visit went to per round, "
+          "'-' = change not noticed")
+    print(f"{'z,window,min,match':>20} {'lag':>5} {'false':>5}  ids per round")
+    for setting in settings:
+        result = track(visits, every, setting)
+        lag = f"{np.mean(result['lags']):5.1f}" if result["lags"] else "  n/a"
+        ids = " ".join(f"{d}:{''.join(v)}" for d, v in result["ids"].items())
+        name = ",".join(f"{v:g}" for v in setting)
+        print(f"{name:>20} {lag} {result['false']:>5}  {ids}")
+    return 0
+
+
+def sys_path_benchmarks() -> None:
+    """bench_continual (this folder) writes the domains; import it from here."""
+    import sys
+
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
