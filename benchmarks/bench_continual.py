@@ -92,6 +92,13 @@ def key_values(settings: list[str], option: str) -> dict:
     return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 
+def cached_data_folder(sequences: int, label_every: int | None) -> Path:
+    """Where the cycle's domains are written by default (one folder per protocol)."""
+    from iapc.cache import cache_dir
+
+    return cache_dir() / "synthetic" / f"continual_{sequences}seq_label{label_every or 30}"
+
+
 def write_domains(folder: Path, sequences: int, size: tuple[int, int],
                   label_every: int | None) -> list[Path]:
     """The four target domains with ``sequences`` val snippets each, written once."""
@@ -147,15 +154,13 @@ def main() -> int:
     import yaml
 
     from iapc.adapt.embedded import EMBEDDED_SIZE
-    from iapc.cache import cache_dir
     from iapc.replay.plan import ReplayConfig
     from iapc.replay.run import run_replay
 
     args = parse_args()
     started = datetime.datetime.now().astimezone()
     label_every = args.label_every if args.label_every < 30 else None
-    data = args.data or (cache_dir() / "synthetic"
-                         / f"continual_{args.sequences}seq_label{label_every or 30}")
+    data = args.data or cached_data_folder(args.sequences, label_every)
     roots = write_domains(data, args.sequences, EMBEDDED_SIZE, label_every)
     checkpoint = args.checkpoint or source_model(args.source_iters)
     args.out.mkdir(parents=True, exist_ok=True)

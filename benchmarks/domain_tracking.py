@@ -18,8 +18,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from bench_continual import DOMAINS, cached_data_folder, write_domains  # this folder
 
-DOMAINS = ("city", "night", "fog", "rain")
+LABEL_EVERY = 5  # bench_continual's default: the same cached frames
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cycle_descriptors(data: Path, sequences: int) -> dict[str, np.ndarray]:
+def cycle_descriptors(data: Path) -> dict[str, np.ndarray]:
     """(frames, 12) descriptors of each domain's visit, frames in the order the runtime plays them."""
     import cv2
 
@@ -77,11 +78,7 @@ def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> d
 
 def main() -> int:
     from iapc.adapt.embedded import EMBEDDED_SIZE
-    from iapc.cache import cache_dir
     from iapc.runtime.config import AdaptationConfig
-
-    sys_path_benchmarks()
-    from bench_continual import write_domains
 
     args = parse_args()
     defaults = AdaptationConfig()
@@ -90,9 +87,9 @@ def main() -> int:
            defaults.shift_match_factor)
     settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or \
         [own, own[:3] + (2.0,)]
-    data = args.data or cache_dir() / "synthetic" / f"continual_{args.sequences}seq_label5"
-    write_domains(data, args.sequences, EMBEDDED_SIZE, 5)
-    descriptors = cycle_descriptors(data, args.sequences)
+    data = args.data or cached_data_folder(args.sequences, LABEL_EVERY)
+    write_domains(data, args.sequences, EMBEDDED_SIZE, LABEL_EVERY)
+    descriptors = cycle_descriptors(data)
     visits = [(d, descriptors[d]) for _ in range(args.rounds) for d in DOMAINS]
     print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {len(descriptors['city'])} frames, "
           f"the daemon sees every {every}. frame; ids: the domain each visit went to per round, "
@@ -105,15 +102,6 @@ def main() -> int:
         name = ",".join(f"{v:g}" for v in setting)
         print(f"{name:>20} {lag} {result['false']:>5}  {ids}")
     return 0
-
-
-def sys_path_benchmarks() -> None:
-    """bench_continual (this folder) writes the domains; import it from here."""
-    import sys
-
-    folder = str(Path(__file__).resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ better start than the source model, and its statistics then follow the frames), 
 a new one. On bench_continual's cycle (``benchmarks/domain_tracking.py``) a return's first
 window scores 0.5 (night) to 1.7 (fog) against its own domain, and fog's first visit 3.0 against
 city: a factor of 2 took that visit for city; 1.5 gives it its own domain. Rain scores about 1.0
-against city, so rain and city share one domain and state with either factor. A domain needs ``min_frames`` frames before it can be left or recognised, so a few odd
-frames never flap between domains.
+against city, so rain and city share one domain and state with either factor. A domain needs
+``min_frames`` frames before it can be left or recognised, so a few odd frames never flap
+between domains.
 """
 
 from __future__ import annotations
