@@ -3,13 +3,14 @@
 Plays the frames of the continual protocol (city -> night -> fog -> rain, repeated; the frames
 bench_continual writes) through :class:`~iapc.daemon.domains.DomainTracker` as the daemon
 receives them (every ``--sample-every``-th frame), once per tracker setting, and reports per
-setting: the detection lag (stream frames from a change of domain to its shift), shifts that are
-not a change of domain (false), visits whose change was never noticed, and which banked domain
-each visit went to. A visit's domain should be the same id in every round, and different
-domains different ids. Takes seconds: descriptors are computed once per frame.
+setting: the detection lag (stream frames from a change of domain to its shift; also over the
+returns to a banked domain alone), shifts that are not a change of domain (false), visits whose
+change was never noticed, and which banked domain each visit went to. A visit's domain should
+be the same id in every round, and different domains different ids. Takes seconds: descriptors
+are computed once per frame.
 
     .venv/bin/python benchmarks/domain_tracking.py
-    .venv/bin/python benchmarks/domain_tracking.py --rounds 10 --setting 1.6,12,64,1.5 --setting 1.6,8,64,1.5
+    .venv/bin/python benchmarks/domain_tracking.py --rounds 10 --setting 1.6,12,64,1.5,4 --setting 1.6,12,64,1.5,0
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sequences", type=int, default=10, help="snippets per domain (as bench_continual)")
     p.add_argument("--sample-every", type=int, default=None,
                    help="the daemon sees every k-th frame (default: the runtime's setting)")
-    p.add_argument("--setting", action="append", default=[], metavar="Z,WINDOW,MIN_FRAMES,MATCH",
-                   help="a tracker setting to compare (repeatable; default: the runtime's, and "
-                        "the same with the match factor 2.0)")
+    p.add_argument("--setting", action="append", default=[],
+                   metavar="Z,WINDOW,MIN_FRAMES,MATCH,RETURN",
+                   help="a tracker setting to compare (repeatable; default: the runtime's): "
+                        "shift_z, shift_window, domain_min_frames, shift_match_factor, "
+                        "shift_return_window")
     p.add_argument("--data", type=Path, default=None,
                    help="where the domains are (default: bench_continual's cache)")
     return p.parse_args()
@@ -55,10 +58,10 @@ def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> d
     """Each visit's first shift (lag, domain id), shifts that are not a change, missed changes."""
     from iapc.daemon.domains import DomainTracker
 
-    z, window, min_frames, match = setting
+    z, window, min_frames, match, return_window = setting
     tracker = DomainTracker(z_threshold=z, window=int(window), min_frames=int(min_frames),
-                            match_factor=match)
-    lags, false, ids = [], 0, {d: [] for d in DOMAINS}
+                            match_factor=match, return_window=int(return_window))
+    lags, return_lags, false, ids = [], [], 0, {d: [] for d in DOMAINS}
     for number, (domain, descriptors) in enumerate(visits):
         noticed = False
         for index in range(0, len(descriptors), every):
@@ -70,10 +73,12 @@ def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> d
             else:
                 noticed = True
                 lags.append(index)
+                if shift.known:
+                    return_lags.append(index)
                 ids[domain].append(str(shift.to))
         if number and not noticed:
             ids[domain].append("-")  # served by the previous domain's state all visit
-    return {"lags": lags, "false": false, "ids": ids}
+    return {"lags": lags, "return_lags": return_lags, "false": false, "ids": ids}
 
 
 def main() -> int:
@@ -84,9 +89,9 @@ def main() -> int:
     defaults = AdaptationConfig()
     every = args.sample_every or defaults.sample_every
     own = (defaults.shift_z, defaults.shift_window, defaults.domain_min_frames,
-           defaults.shift_match_factor)
+           defaults.shift_match_factor, defaults.shift_return_window)
     settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or \
-        [own, own[:3] + (2.0,)]
+        [own]
     data = args.data or cached_data_folder(args.sequences, LABEL_EVERY)
     write_domains(data, args.sequences, EMBEDDED_SIZE, LABEL_EVERY)
     descriptors = cycle_descriptors(data)
@@ -94,13 +99,14 @@ def main() -> int:
     print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {len(descriptors['city'])} frames, "
           f"the daemon sees every {every}. frame; ids: the domain each visit went to per round, "
           "'-' = change not noticed")
-    print(f"{'z,window,min,match':>20} {'lag':>5} {'false':>5}  ids per round")
+    print(f"{'z,window,min,match,return':>26} {'lag':>5} {'return':>6} {'false':>5}  ids per round")
     for setting in settings:
         result = track(visits, every, setting)
-        lag = f"{np.mean(result['lags']):5.1f}" if result["lags"] else "  n/a"
+        lag, return_lag = (f"{np.mean(result[k]):5.1f}" if result[k] else "  n/a"
+                           for k in ("lags", "return_lags"))
         ids = " ".join(f"{d}:{''.join(v)}" for d, v in result["ids"].items())
         name = ",".join(f"{v:g}" for v in setting)
-        print(f"{name:>20} {lag} {result['false']:>5}  {ids}")
+        print(f"{name:>26} {lag} {return_lag:>6} {result['false']:>5}  {ids}")
     return 0
 
 

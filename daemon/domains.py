@@ -24,6 +24,13 @@ city: a factor of 2 took that visit for city; 1.5 gives it its own domain. Rain 
 against city, so rain and city share one domain and state with either factor. A domain needs
 ``min_frames`` frames before it can be left or recognised, so a few odd frames never flap
 between domains.
+
+A clear return does not wait for the window: when the last ``return_window`` (4) frames are all
+far and their mean scores under the threshold against a banked domain and at most half its
+score against the current one, the stream is back in that domain. On bench_continual's cycle
+this takes returns 7.5 frames after the change instead of 16, with no false shift over 10
+rounds on three renderings of the cycle; without the "half" condition a night scene that
+resembles city went to city's state every round.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ DESCRIPTOR_SIZE = 12
 SPREAD_FLOOR = 0.01  # added to every spread: flat dimensions (a black sky) do not explode
 THUMBNAIL = (64, 32)
 FAR_SHARE = 0.75  # a shift: at least this share of the last ``window`` frames are far
+# An early return needs the latest frames to be at least 1 / RETURN_RATIO times as close (in
+# z-score) to a banked domain as to the current one.
+RETURN_RATIO = 0.5
 
 
 def describe(image_bgr: np.ndarray) -> np.ndarray:
@@ -107,10 +117,11 @@ class DomainTracker:
     """Which domain the recent frames belong to; reports a :class:`Shift` when it changes."""
 
     def __init__(self, z_threshold: float = 1.6, window: int = 12, min_frames: int = 64,
-                 match_factor: float = 1.5, domains: dict[int, DomainStats] | None = None,
-                 current: int = 0):
+                 match_factor: float = 1.5, return_window: int = 4,
+                 domains: dict[int, DomainStats] | None = None, current: int = 0):
         self.z_threshold, self.window, self.min_frames = z_threshold, window, min_frames
         self.match_factor = match_factor
+        self.return_window = min(return_window, window)  # 0: returns wait for the full window
         self.domains = domains or {0: DomainStats()}
         self.current = current
         # (descriptor, far from the current domain?) of the last ``window`` frames
@@ -129,18 +140,45 @@ class DomainTracker:
             domain.add(descriptor)
         far_frames = [d for d, is_far in self.recent if is_far]
         # most of the window far (a similar new domain has some frames that look like the old)
-        if len(far_frames) < FAR_SHARE * self.window:
+        if len(far_frames) >= FAR_SHARE * self.window:
+            return self._shift(np.stack(far_frames))
+        return self._early_return()
+
+    def _early_return(self) -> Shift | None:
+        """A return noticed before the window fills: the last ``return_window`` frames are all
+        far from the current domain and, together, no farther from one banked domain than its
+        own frames are (their mean descriptor scores under ``z_threshold`` against it) and at
+        most ``RETURN_RATIO`` times as far from it as from the current domain. Positive evidence
+        of a known domain needs fewer frames than evidence of "somewhere else"."""
+        if self.return_window <= 0 or len(self.recent) < self.return_window:
             return None
-        return self._shift(np.stack(far_frames))
+        latest = list(self.recent)[-self.return_window:]
+        if not all(is_far for _, is_far in latest):
+            return None
+        frames = np.stack([d for d, _ in latest])  # (return_window, 12)
+        centre = frames.mean(axis=0)
+        best, score = self._nearest_banked(centre)
+        if best is None or score > min(self.z_threshold,
+                                       RETURN_RATIO * self.domains[self.current].score(centre)):
+            return None
+        return self._shift(frames)
+
+    def _nearest_banked(self, centre: np.ndarray) -> tuple[int | None, float]:
+        """The banked domain (other than the current one, with ``min_frames`` frames) nearest to
+        the (12,) ``centre``, and its score; (None, inf) when there is none."""
+        scores = {i: d.score(centre) for i, d in self.domains.items()
+                  if i != self.current and d.count >= self.min_frames}
+        if not scores:
+            return None, float("inf")
+        best = min(scores, key=scores.get)
+        return best, scores[best]
 
     def _shift(self, window: np.ndarray) -> Shift:
         """The far frames of ``window`` (N, 12) belong to a banked domain or to a new one."""
         centre = window.mean(axis=0)
         left = self.current
-        scores = {i: d.score(centre) for i, d in self.domains.items()
-                  if i != left and d.count >= self.min_frames}
-        best = min(scores, key=scores.get) if scores else None
-        known = best is not None and scores[best] <= self.match_factor * self.z_threshold
+        best, score = self._nearest_banked(centre)
+        known = best is not None and score <= self.match_factor * self.z_threshold
         target = best if known else max(self.domains) + 1
         if not known:
             self.domains[target] = DomainStats()

@@ -120,7 +120,8 @@ class AdaptationDaemon:
         bank = DomainBank(self.store.root, a.domain_bank_size)
         tracker, order = bank.load_tracker(z_threshold=a.shift_z, window=a.shift_window,
                                            min_frames=a.domain_min_frames,
-                                           match_factor=a.shift_match_factor)
+                                           match_factor=a.shift_match_factor,
+                                           return_window=a.shift_return_window)
         return bank, tracker, order
 
     @property

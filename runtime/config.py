@@ -83,6 +83,9 @@ class AdaptationConfig:
     shift_match_factor: float = setting(1.5, "after a shift, the frames go to the nearest banked "
                                         "domain when they score under this times shift_z",
                                         above=0, cli=False)
+    shift_return_window: int = setting(4, "a return to a banked domain is taken after this many "
+                                       "far frames when they are clearly that domain's (0: after "
+                                       "the full window)", minimum=0, cli=False)
     domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
 

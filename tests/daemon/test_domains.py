@@ -118,3 +118,40 @@ def test_a_window_goes_to_a_banked_domain_only_under_the_match_factor():
         found = [s for s in map(tracker.observe_descriptor, window) if s is not None]
         assert len(found) == 1 and found[0].known == known, (offset, factor)
         assert found[0].to == (0 if known else 2)
+
+
+def _observe_until_shift(tracker: DomainTracker, window: np.ndarray):
+    """(index of the frame that completed a shift, the shift), or (None, None)."""
+    for index, descriptor in enumerate(window):
+        shift = tracker.observe_descriptor(descriptor)
+        if shift is not None:
+            return index, shift
+    return None, None
+
+
+def test_a_clear_return_is_taken_before_the_window_fills():
+    """Frames that score like a banked domain's own, and far less against it than against the
+    current domain, go back to it after ``return_window`` frames instead of 9 of 12."""
+    rng = np.random.default_rng(1)
+    zero = np.full(12, 0.5, np.float32)
+    window = zero + 0.002 * rng.standard_normal((12, 12)).astype(np.float32)
+    for return_window, expected in [(4, 3), (0, 8)]:
+        tracker = DomainTracker(window=12, min_frames=24, return_window=return_window,
+                                domains={0: _domain_of(zero, 0.02, 200, rng),
+                                         1: _domain_of(zero + 0.5, 0.02, 200, rng)}, current=1)
+        index, shift = _observe_until_shift(tracker, window)
+        assert index == expected and shift.known and shift.to == 0, return_window
+
+
+def test_frames_between_two_domains_wait_for_the_full_window():
+    """Frames near a banked domain (under the threshold) but not twice as close to it as to the
+    current one are no clear return: the shift waits for 9 far frames of 12."""
+    rng = np.random.default_rng(2)
+    zero = np.full(12, 0.5, np.float32)
+    tracker = DomainTracker(window=12, min_frames=24, return_window=4,
+                            domains={0: _domain_of(zero, 0.02, 200, rng),
+                                     1: _domain_of(zero + 0.1, 0.02, 200, rng)}, current=1)
+    # about 1.3 z from the banked domain and 2 z from the current one
+    window = zero + 0.04 + 0.002 * rng.standard_normal((12, 12)).astype(np.float32)
+    index, shift = _observe_until_shift(tracker, window)
+    assert index == 8 and shift.known and shift.to == 0
