@@ -42,15 +42,14 @@ def parse_args() -> argparse.Namespace:
 
 def cycle_descriptors(data: Path) -> dict[str, np.ndarray]:
     """(frames, 12) descriptors of each domain's visit, frames in the order the runtime plays them."""
-    import cv2
-
     from iapc.daemon.domains import describe
+    from iapc.data import read_image_bgr
     from iapc.runtime.sources import cityscapes_source
 
     out = {}
     for domain in DOMAINS:
         images = cityscapes_source(str(data / domain)).images
-        out[domain] = np.stack([describe(cv2.imread(str(path))) for path in images])
+        out[domain] = np.stack([describe(read_image_bgr(path)) for path in images])
     return out
 
 
@@ -90,8 +89,7 @@ def main() -> int:
     every = args.sample_every or defaults.sample_every
     own = (defaults.shift_z, defaults.shift_window, defaults.domain_min_frames,
            defaults.shift_match_factor, defaults.shift_return_window)
-    settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or \
-        [own]
+    settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or [own]
     data = args.data or cached_data_folder(args.sequences, LABEL_EVERY)
     write_domains(data, args.sequences, EMBEDDED_SIZE, LABEL_EVERY)
     descriptors = cycle_descriptors(data)

@@ -111,7 +111,7 @@ def test_a_window_goes_to_a_banked_domain_only_under_the_match_factor():
     banked = _domain_of(zero, 0.02, 200, rng)
     here = _domain_of(zero + 0.5, 0.02, 200, rng)
     for offset, factor, known in [(0.0, 1.5, True), (0.08, 1.5, False), (0.08, 2.0, True)]:
-        tracker = DomainTracker(window=6, min_frames=24, match_factor=factor,
+        tracker = DomainTracker(window=6, min_frames=24, match_factor=factor, return_window=0,
                                 domains={0: banked, 1: here}, current=1)
         # a window about offset / (spread + floor) = 2.7 z from the banked domain
         window = zero + offset + 0.005 * rng.standard_normal((6, 12)).astype(np.float32)
