@@ -154,6 +154,12 @@ def ema_update(memory: nn.Module, target: nn.Module, alpha: float) -> None:
     torch._foreach_copy_(memory_buffers, target_buffers)
 
 
+@torch.no_grad()
+def copy_buffers(memory: nn.Module, target: nn.Module) -> None:
+    """``M`` takes ``T``'s buffers (BN running statistics) and keeps its own weights."""
+    torch._foreach_copy_(list(memory.buffers()), list(target.buffers()))
+
+
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -36,7 +36,8 @@ from torch import nn
 
 from iapc.adapt.baselines import bn_adapt, collect_tent_params, softmax_entropy
 from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
-                               device_of, make_networks, make_optimizer, update_bn_statistics)
+                               copy_buffers, device_of, make_networks, make_optimizer,
+                               update_bn_statistics)
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
@@ -47,6 +48,8 @@ class Adapter:
 
     name = ""
     updates_weights = True  # False: nothing to export after the first engine
+    # False where a step only moves BatchNorm statistics: no statistics phase comes before it
+    takes_gradient_steps = True
 
     def __init__(self, model: nn.Module, cfg: AdaptConfig):
         self.cfg = cfg.resolved()  # the preset's values where cfg leaves them None
@@ -89,6 +92,14 @@ class Adapter:
         for module, mode in modes.items():
             module.train(mode)
 
+    def follow_statistics(self, batch: torch.Tensor) -> None:
+        """One no-gradient update of the deployable network's BatchNorm running statistics
+        towards ``batch`` (uint8 (N, 3, H, W) RGB), as the method's own steps move them; the
+        weights, the step counter and the schedule are untouched."""
+        network = self.deployable()
+        if batch_norm_layers(network):
+            update_bn_statistics(network, batch.to(device_of(network)), self.cfg)
+
     def skipped(self, stats: dict[str, Any]) -> bool:
         return bool(stats.get("skipped", False))
 
@@ -123,6 +134,7 @@ class BNAdapt(Adapter):
     """``bn``: only the BatchNorm running statistics follow the target frames."""
 
     name = "bn"
+    takes_gradient_steps = False
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
@@ -237,6 +249,10 @@ class IAPC(Adapter):
     def recalibrate(self, batch):
         super().recalibrate(batch)
         self.memory.load_state_dict(self.target.state_dict())  # same weights after a reset
+
+    def follow_statistics(self, batch):
+        super().follow_statistics(batch)
+        copy_buffers(self.memory, self.target)  # M normalises with T's statistics
 
 
 def stochastic_restore(target: nn.Module, source: nn.Module, probability: float,

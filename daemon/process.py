@@ -11,6 +11,10 @@ the adaptation state rolls back to the last deployed version. Every decision is 
 to the inference process, which republishes it on the status topic. A failed export (disk full)
 is reported and retried at the next export; the engine in service stays.
 
+After a change to a new domain (:mod:`iapc.daemon.domains`) and at a fresh start, the next
+``adaptation.shift_statistics_frames`` received frames bring one no-gradient update each of the
+BatchNorm statistics instead of gradient steps; they count towards the export cadence.
+
 Every second or so it touches ``RUN/daemon.heartbeat`` (holding its pid): the supervisor kills and
 restarts a daemon whose heartbeat stops.
 
@@ -106,7 +110,12 @@ class AdaptationDaemon:
         self.serving = copy.deepcopy(self.adapter.deployable()).eval()
         self.heartbeat_path = self.run_dir / run_folder.HEARTBEAT
         self.last_heartbeat = 0.0
-        self.deployed_step = 0
+        self.updates_since_deploy = 0  # gradient steps and statistics updates
+        # received frames left during which updates move only BatchNorm statistics (after a
+        # domain change or a fresh start), and such updates since the state left the source
+        self.statistics_frames_left = 0
+        self.statistics_updates = 0
+        self.statistics_received = 0  # frames received at the last statistics update
         self.last_export = time.monotonic()
         self.stopping = False
         self.losses: dict = {}
@@ -149,7 +158,7 @@ class AdaptationDaemon:
 
     def save_state(self, version: int) -> None:
         self.write_state(self.state_path, int(version))
-        self.deployed_step = self.step_count
+        self.updates_since_deploy = 0
         self.serving.load_state_dict(self.adapter.deployable().state_dict())
 
     def resume(self) -> bool:
@@ -163,7 +172,7 @@ class AdaptationDaemon:
                       self.state_path, err)
             self.adapter.reset()
             return False
-        self.deployed_step = self.step_count
+        self.updates_since_deploy = 0
         self.serving.load_state_dict(self.adapter.deployable().state_dict())
         log.info("resumed adaptation at step %d (engine v%s)", self.step_count, payload.get("version"))
         return True
@@ -173,7 +182,7 @@ class AdaptationDaemon:
         step = self.step_count
         if not self.resume():
             self.adapter.reset()
-            self.deployed_step = 0
+            self.updates_since_deploy = self.statistics_updates = 0
         log.warning("rolled back from step %d to step %d: %s", step, self.step_count, reason)
         self.events.send({"type": "rollback", "step": step, "to_step": self.step_count,
                           "reason": reason})
@@ -231,7 +240,8 @@ class AdaptationDaemon:
         seconds = time.perf_counter() - started
         self.events.send({"type": "version", "version": version.number, "step": self.step_count,
                           "parity": result.parity.agreement, "health": result.health,
-                          "export_s": round(seconds, 3)})
+                          "export_s": round(seconds, 3),
+                          "statistics_updates": self.statistics_updates})
         log.info("published engine %s at step %d (%.2f s)", version.name, self.step_count, seconds)
         return version.number
 
@@ -243,21 +253,55 @@ class AdaptationDaemon:
     def health_gate(self, network: torch.nn.Module):
         """The health report of the candidate, or None when the gate is off or has no frames."""
         frames = self.frames.health_frames()
-        if not self.cfg.health.enabled or frames is None or self.step_count == 0:
-            return None  # step 0 is the source model itself: nothing to compare
+        untouched = self.step_count == 0 and self.statistics_updates == 0
+        if not self.cfg.health.enabled or frames is None or untouched:
+            return None  # the source model itself (at most recalibrated): nothing to compare
         with deployed(self.adapter.memory_network()) as memory:
             return check_health(network, self.serving, self.adapter.source, memory, frames,
                                 self.cfg.health)
 
     def export_due(self) -> bool:
         a = self.cfg.adaptation
-        by_steps = self.step_count - self.deployed_step >= a.export_every_steps
+        by_steps = self.updates_since_deploy >= a.export_every_steps
         by_time = (a.export_every_seconds is not None
                    and time.monotonic() - self.last_export >= a.export_every_seconds
-                   and self.step_count > self.deployed_step)
+                   and self.updates_since_deploy > 0)
         return by_steps or by_time
 
     # adaptation --------------------------------------------------------------------------------
+    def statistics_phase_frames(self) -> int:
+        """Frames of the statistics phase of a new domain; none for a method whose steps move
+        only the statistics anyway (``bn``: the phase would only slow it down)."""
+        if not self.adapter.takes_gradient_steps:
+            return 0
+        return self.cfg.adaptation.shift_statistics_frames
+
+    def can_adapt(self) -> bool:
+        """Adaptation is on and the buffer holds a batch; in the statistics phase a frame must
+        also have arrived since the last statistics update (more updates on the same frames
+        would move nothing and only deploy engines that do not differ)."""
+        if (not self.cfg.adaptation.enabled or not self.adapter.updates_weights
+                or len(self.frames) < self.cfg.adaptation.batch_size):
+            return False
+        return self.statistics_frames_left == 0 or self.frames.received > self.statistics_received
+
+    def adapt_once(self) -> None:
+        """A statistics update while the current domain's statistics are still following its
+        frames, else a gradient step of the method."""
+        if self.statistics_frames_left > 0:
+            self.follow_statistics()
+        else:
+            self.step()
+        self.updates_since_deploy += 1
+
+    def follow_statistics(self) -> None:
+        started = time.perf_counter()
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            self.adapter.follow_statistics(self.frames.sample(self.cfg.adaptation.batch_size))
+        self.yield_duty_cycle(time.perf_counter() - started)
+        self.statistics_updates += 1
+        self.statistics_received = self.frames.received
+
     def step(self) -> None:
         started = time.perf_counter()
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
@@ -281,6 +325,7 @@ class AdaptationDaemon:
         """A received frame goes to the training buffer, or every k-th to the held-out one;
         with the domain bank it may also reveal that the stream changed domain."""
         self.frames.keep(image)
+        self.statistics_frames_left = max(0, self.statistics_frames_left - 1)
         shift = self.tracker.observe(image) if self.tracker is not None else None
         if shift is not None:
             self.switch_domain(shift)
@@ -298,8 +343,12 @@ class AdaptationDaemon:
             self.load_state(self.bank.state_path(shift.to))
         else:
             self.adapter.reset()
+            self.statistics_updates = 0
             if latest is not None:
                 self.adapter.recalibrate(latest)
+        # a banked state's statistics already follow its domain; a new one's come from a dozen
+        # frames
+        self.statistics_frames_left = 0 if restored else self.statistics_phase_frames()
         self.domain_order = [d for d in self.domain_order if d != shift.to] + [shift.to]
         self.domain_order = self.bank.evict(self.tracker, self.domain_order)
         self.bank.save_tracker(self.tracker, self.domain_order)
@@ -329,16 +378,16 @@ class AdaptationDaemon:
             if self.store.current() is None:
                 self.export_version()  # the first engine: the source weights
             elif not resumed:
-                self.deployed_step = self.step_count
+                self.updates_since_deploy = 0
+            if not resumed:  # a fresh start: the first domain's statistics come first
+                self.statistics_frames_left = self.statistics_phase_frames()
             while not self.stopping:
                 self.beat()
-                wait_ms = 0 if len(self.frames) >= self.cfg.adaptation.batch_size else 100
-                for _meta, image in frames.receive_all(wait_ms):
+                for _meta, image in frames.receive_all(0 if self.can_adapt() else 100):
                     self.keep(image)
-                if (not self.cfg.adaptation.enabled or not self.adapter.updates_weights
-                        or len(self.frames) < self.cfg.adaptation.batch_size):
+                if not self.can_adapt():
                     continue
-                self.step()
+                self.adapt_once()
                 if self.export_due():
                     self.export_version()
                     self.last_export = time.monotonic()

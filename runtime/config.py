@@ -88,6 +88,13 @@ class AdaptationConfig:
                                        "the full window)", minimum=0, cli=False)
     domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
+    # After a change to a new domain (and at a fresh start) the state's BatchNorm statistics are first
+    # brought to the new frames by no-gradient updates, one per received frame, far cheaper than
+    # gradient steps and deployed at the same cadence; self-training resumes once they have
+    # followed the domain.
+    shift_statistics_frames: int = setting(64, "after a change to a new domain, the next N received "
+                                           "frames only move BatchNorm statistics (no gradient step)",
+                                           minimum=0, cli=False)
 
 
 @dataclass

@@ -388,6 +388,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("parity", "number", "`version`: agreement of the engine with PyTorch"),
         _f("health", "object or null", "`version`/`rejected`: health gate figures"),
         _f("export_s", "number", "`version`: export time"),
+        _f("statistics_updates", "integer", "`version`: no-gradient BatchNorm statistics updates of the state since it left the source model (the statistics phase of a new domain)"),
         _f("gate", "string", "`rejected`: `parity` or `health`"),
         _f("reason", "string", "`rejected`, `rollback`, `export_failed`, `daemon_*`: why"),
         _f("restarts", "integer", "`daemon_*`: restarts so far"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -46,11 +47,14 @@ def test_the_tracker_survives_a_restart_through_the_bank(tmp_path):
     assert back and back[0].to == 0 and back[0].known
 
 
-def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
+@contextlib.contextmanager
+def daemon_on_tiny(tmp_path, method: str = "iapc", **adaptation):
+    """A daemon (not running: the test drives it) of ``method`` on a fresh tiny model, 2-frame
+    batches, a 24-frame domain minimum and a 6-frame shift window, plus ``adaptation`` settings;
+    and the events it sends."""
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.adapt.models import build_model
     from iapc.daemon.process import AdaptationDaemon
-    from iapc.export.store import EngineStore
     from iapc.runtime.config import RuntimeConfig
     from iapc.runtime.handoff import EventSender
     from iapc.runtime.run_folder import EVENTS_SOCKET, ipc_address
@@ -60,13 +64,25 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
     checkpoint = tmp_path / "source.pt"
     save_checkpoint(checkpoint, "tiny", build_model("tiny"))
     cfg = RuntimeConfig(run_dir=str(tmp_path / "run"), input_size=SIZE)
-    cfg.adaptation.batch_size, cfg.adaptation.domain_min_frames = 2, 24
-    cfg.adaptation.shift_window = 6
+    cfg.method.method = method
+    settings = {"batch_size": 2, "domain_min_frames": 24, "shift_window": 6, **adaptation}
+    for key, value in settings.items():
+        setattr(cfg.adaptation, key, value)
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
     daemon = AdaptationDaemon(cfg, str(checkpoint))
     daemon.events = EventSender(ipc_address(tmp_path / "run", EVENTS_SOCKET))
     try:
+        yield daemon, events
+    finally:
+        daemon.events.close()
+        events.receiver.close()
+
+
+def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
+    from iapc.export.store import EngineStore
+
+    with daemon_on_tiny(tmp_path) as (daemon, events):
         assert daemon.export_version() == 1
         for image in frames("night", 40):
             daemon.keep(image)
@@ -87,12 +103,69 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
             assert torch.equal(value, night[key]), key
         sent = [e for e in events.all() if e["type"] == "domain_shift"]
         assert [(e["from"], e["domain"], e["known"]) for e in sent] == [(0, 1, False), (1, 0, True)]
-        store = EngineStore(cfg.resolved_store())
+        store = EngineStore(daemon.cfg.resolved_store())
         assert store.current().number == 3  # each shift deployed its domain's engine at once
         assert (store.root / "domains" / "0.pt").is_file() and (store.root / "domains" / "1.pt").is_file()
-    finally:
-        daemon.events.close()
-        events.receiver.close()
+
+
+def _keep_until_shift(daemon, images) -> int:
+    """Frames of ``images`` kept until the tracker changes domain; how many."""
+    current = daemon.tracker.current
+    for count, image in enumerate(images, start=1):
+        daemon.keep(image)
+        if daemon.tracker.current != current:
+            return count
+    raise AssertionError("no domain shift")
+
+
+def test_a_new_domain_first_moves_only_statistics_for_the_configured_frames(tmp_path):
+    with daemon_on_tiny(tmp_path, shift_statistics_frames=5, export_every_steps=2) as (d, events):
+        assert d.export_version() == 1
+        for image in frames("night", 40):
+            d.keep(image)
+        assert d.statistics_frames_left == 0  # no shift yet (and no fresh start: run() not called)
+        d.adapt_once()
+        assert d.step_count == 1 and d.export_due() is False
+        fog = frames("fog", 60, seed=1)
+        kept = _keep_until_shift(d, fog)
+        assert d.statistics_frames_left == 5 and d.step_count == 0  # fog: a new domain
+        for image in fog[kept:kept + 4]:  # 4 of the phase's 5 frames (one held out for the gate)
+            d.keep(image)
+        assert d.statistics_frames_left == 1
+        weights = {k: v.clone() for k, v in d.adapter.target.named_parameters()}
+        mean = d.adapter.target.state_dict()["backbone.0.1.running_mean"].clone()
+        d.adapt_once()
+        d.adapt_once()
+        assert d.step_count == 0 and d.statistics_updates == 2
+        assert not d.can_adapt()  # the run loop waits for a new frame before the next one
+        for key, value in d.adapter.target.named_parameters():  # no gradient step
+            assert torch.equal(value, weights[key]), key
+        assert not torch.equal(d.adapter.target.state_dict()["backbone.0.1.running_mean"], mean)
+        for key, value in d.adapter.memory.state_dict().items():  # M takes T's statistics
+            if "running" in key:
+                assert torch.equal(value, d.adapter.target.state_dict()[key]), key
+        # statistics updates count towards the export cadence, and their candidate is gated
+        assert d.export_due() and d.export_version() == 3
+        version = [e for e in events.all() if e["type"] == "version"][-1]
+        assert version["health"] is not None
+        d.keep(fog[kept + 4])  # the last frame of the statistics phase
+        assert d.statistics_frames_left == 0 and d.can_adapt()
+        d.adapt_once()
+        assert d.step_count == 1  # self-training resumes
+        for image in fog[kept + 5:]:  # fog lasts long enough to be left
+            d.keep(image)
+        _keep_until_shift(d, frames("night", 40, seed=2))  # a return: its statistics are banked
+        assert d.tracker.current == 0 and d.statistics_frames_left == 0
+
+
+def test_bn_has_no_statistics_phase_its_steps_already_are_one(tmp_path):
+    with daemon_on_tiny(tmp_path, method="bn", shift_statistics_frames=5) as (d, _events):
+        for image in frames("night", 40):
+            d.keep(image)
+        _keep_until_shift(d, frames("fog", 60, seed=1))
+        assert d.statistics_frames_left == 0
+        d.adapt_once()
+        assert d.step_count == 1 and d.can_adapt()
 
 
 def _domain_of(centre: np.ndarray, spread: float, count: int, rng) -> DomainStats:

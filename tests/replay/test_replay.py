@@ -53,10 +53,12 @@ def briefly_trained_checkpoint(tmp_path_factory):
 
 
 def runtime_yaml(folder):
-    """Exports every 3 steps so that hot-swaps happen within a short replay; normal priority so
-    the test does not depend on how busy the machine is."""
+    """Exports every 3 updates so that hot-swaps happen within a short replay, and a statistics
+    phase of 8 frames so that gradient steps follow within it; normal priority so the test does
+    not depend on how busy the machine is."""
     path = folder / "runtime.yaml"
-    path.write_text("adaptation:\n  nice: 0\n  export_every_steps: 3\n  batch_size: 2\n")
+    path.write_text("adaptation:\n  nice: 0\n  export_every_steps: 3\n  batch_size: 2\n"
+                    "  shift_statistics_frames: 8\n")
     return path
 
 

@@ -281,10 +281,12 @@ def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoi
         mark = len(collector.statuses)
         failed = collector.wait_status(lambda s: s.get("type") == "export_failed", 60, after=mark)
         assert failed["reason"].startswith("ENOSPC")
-        in_service = collector.headers[-1].engine_version
-        collector.wait_frames(20, timeout=20)
-        assert {h.engine_version for h in collector.headers[-20:]} == {in_service}
+        # the last engine that landed before the disk filled; the loop may still be swapping
+        # to it, so the stream shows it within the next frames and keeps it while the disk is full
         store = EngineStore(store_dir)
+        in_service = store.current().number
+        collector.wait_frames(40, timeout=30)
+        assert {h.engine_version for h in collector.headers[-20:]} == {in_service}
         assert store.current().number == in_service
         for version in store.versions():  # the partial write stayed in staging, out of sight
             store.load_verified(version)
