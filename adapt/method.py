@@ -151,7 +151,7 @@ def ema_update(memory: nn.Module, target: nn.Module, alpha: float) -> None:
         raise UserError("memory and target networks differ in structure: build both with make_networks")
     torch._foreach_mul_(memory_params, alpha)
     torch._foreach_add_(memory_params, target_params, alpha=1.0 - alpha)
-    torch._foreach_copy_(memory_buffers, target_buffers)
+    copy_buffers(memory, target)
 
 
 @torch.no_grad()

@@ -145,7 +145,7 @@ class BNAdapt(Adapter):
                 bn.momentum = None
 
     def step(self, batch, pseudo_label=None, generator=None):
-        update_bn_statistics(self.model, batch.to(device_of(self.model)), self.cfg)
+        self.follow_statistics(batch)
         self.step_count += 1
         return {}
 

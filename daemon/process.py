@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -294,19 +295,22 @@ class AdaptationDaemon:
             self.step()
         self.updates_since_deploy += 1
 
-    def follow_statistics(self) -> None:
+    def on_sampled_batch(self, work: Callable[[torch.Tensor], Any]) -> Any:
+        """``work`` on a batch drawn from the buffer, on the daemon's CUDA stream (if any),
+        then idle for the duty cycle."""
         started = time.perf_counter()
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            self.adapter.follow_statistics(self.frames.sample(self.cfg.adaptation.batch_size))
+            result = work(self.frames.sample(self.cfg.adaptation.batch_size))
         self.yield_duty_cycle(time.perf_counter() - started)
+        return result
+
+    def follow_statistics(self) -> None:
+        self.on_sampled_batch(self.adapter.follow_statistics)
         self.statistics_updates += 1
         self.statistics_received = self.frames.received
 
     def step(self) -> None:
-        started = time.perf_counter()
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            losses = self.adapter.step(self.frames.sample(self.cfg.adaptation.batch_size))
-        self.yield_duty_cycle(time.perf_counter() - started)
+        losses = self.on_sampled_batch(self.adapter.step)
         if self.adapter.skipped(losses):
             self.rollback("non-finite loss")
             return
