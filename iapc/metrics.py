@@ -5,17 +5,22 @@ Follows torchvision's ``references/segmentation`` ``ConfusionMatrix`` (update / 
 and gives the same numbers as ``cityscapesscripts``' pixel-level evaluation: pixels whose ground
 truth is ignore (255) count nowhere, a class's IoU is ``tp / (tp + fp + fn)``, NaN when the class
 appears in neither prediction nor ground truth, and mIoU is the mean over the non-NaN classes.
+
+CamVid's 11 classes (:func:`camvid_matrix`, :func:`update_camvid`, :func:`camvid_scores`): the
+train ids a network predicts go through :data:`iapc.labels.TRAIN_ID_TO_CAMVID`; void labels are
+ignored; a prediction with no CamVid class is a twelfth "void" column, wrong wherever it falls.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from iapc.labels import CLASS_NAMES, CLASS_SUBSETS, IGNORE_INDEX
+from iapc.labels import (CAMVID_CLASS_NAMES, CAMVID_IGNORE, CAMVID_NUM_CLASSES, CLASS_NAMES,
+                         CLASS_SUBSETS, IGNORE_INDEX, train_ids_to_camvid)
 from iapc.errors import UserError
 
 
@@ -24,9 +29,14 @@ def _as_int64_array(values) -> np.ndarray:
 
     The module stays numpy-only so the inference process (no torch) can score live masks.
     """
+    return _as_numpy(values).reshape(-1).astype(np.int64, copy=False)
+
+
+def _as_numpy(values) -> np.ndarray:
+    """A numpy array from a numpy array or a torch tensor, shape kept."""
     if hasattr(values, "detach"):  # a torch tensor: the one host copy, done by the caller's data
         values = values.detach().cpu().numpy()
-    return np.asarray(values).reshape(-1).astype(np.int64, copy=False)
+    return np.asarray(values)
 
 
 def resolve_class_subset(classes: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -47,12 +57,20 @@ class SegmentationScores:
     accuracy: float  # overall pixel accuracy over non-ignored pixels
     classes: tuple[int, ...]  # the train ids averaged into ``miou``
     miou: float  # nan-mean of ``iou[classes]``
+    names: tuple[str, ...] | None = None  # class names by index (None: the Cityscapes ones)
+    camvid11: "SegmentationScores | None" = None  # CamVid's 11 classes, on CamVid labels
+
+    def class_names(self) -> tuple[str, ...]:
+        return self.names or _class_names(len(self.iou))
 
     def to_dict(self) -> dict[str, object]:
-        names = _class_names(len(self.iou))
-        return {"miou": self.miou, "accuracy": self.accuracy, "classes": list(self.classes),
-                "iou": {names[k]: (None if np.isnan(v) else float(v))
-                        for k, v in enumerate(self.iou)}}
+        names = self.class_names()
+        plain = {"miou": self.miou, "accuracy": self.accuracy, "classes": list(self.classes),
+                 "iou": {names[k]: (None if np.isnan(v) else float(v))
+                         for k, v in enumerate(self.iou)}}
+        if self.camvid11 is not None:
+            plain["camvid11"] = self.camvid11.to_dict()
+        return plain
 
 
 class ConfusionMatrix:
@@ -106,9 +124,25 @@ def _class_names(num_classes: int) -> tuple[str, ...]:
     return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class{k}" for k in range(num_classes))
 
 
+def camvid_matrix() -> ConfusionMatrix:
+    """A confusion matrix of CamVid's 11 classes, with a column for void predictions."""
+    return ConfusionMatrix(CAMVID_NUM_CLASSES + 1, ignore_index=CAMVID_IGNORE)
+
+
+def update_camvid(matrix: ConfusionMatrix, pred_train_ids, camvid_labels) -> None:
+    """Add predicted train ids (numpy or torch, any shape) against CamVid labels (0..10, 11 void)."""
+    matrix.update(train_ids_to_camvid(_as_numpy(pred_train_ids)), _as_numpy(camvid_labels))
+
+
+def camvid_scores(matrix: ConfusionMatrix) -> SegmentationScores:
+    """The 11-class scores of a :func:`camvid_matrix` (the void column counts in no mIoU)."""
+    scores = matrix.compute(tuple(range(CAMVID_NUM_CLASSES)))
+    return replace(scores, iou=scores.iou[:CAMVID_NUM_CLASSES], names=CAMVID_CLASS_NAMES)
+
+
 def format_table(scores: SegmentationScores) -> str:
     """A per-class IoU table (percent) followed by the mIoU line, for printing."""
-    names = _class_names(len(scores.iou))
+    names = scores.class_names()
     width = max(len(n) for n in names)
     lines = [f"{'class':<{width}}  IoU (%)"]
     for k in scores.classes:
