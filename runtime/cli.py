@@ -22,7 +22,8 @@ from iapc.runtime.config import AdaptationConfig, RuntimeConfig, SourceConfig, l
 from iapc.settings import add_flags, apply_flags
 
 SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
-                "cityscapes_sequence": "cityscapes", "synthetic": "synthetic"}
+                "cityscapes_sequence": "cityscapes", "camvid_sequence": "camvid",
+                "synthetic": "synthetic"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR", help="a folder of images, in name order")
     src.add_argument("--cityscapes-sequence", metavar="DIR",
                      help="a Cityscapes root or leftImg8bit_sequence folder, in order")
+    src.add_argument("--camvid-sequence", metavar="ROOT[:SEQ,...]",
+                     help="CamVid sequences in turn, each in frame order with its labels, e.g. "
+                          "CamVid:0016E5,0001TP,Seq05VD (SEQ/SPLIT: one split of it)")
     src.add_argument("--synthetic", metavar="DOMAIN",
                      help="the generated driving stream of DOMAIN (default: fog)")
     add_flags(p, SourceConfig, "source__", "frame pacing")

@@ -24,7 +24,7 @@ def default_cache_dir() -> Path:
     return cache_dir()
 
 
-SOURCE_KINDS = ("camera", "video", "images", "cityscapes", "synthetic")
+SOURCE_KINDS = ("camera", "video", "images", "cityscapes", "camvid", "synthetic")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 

@@ -1,4 +1,4 @@
-"""Frame sources (camera, video, images, Cityscapes sequences, synthetic stream) and the capture
+"""Frame sources (camera, video, images, Cityscapes and CamVid sequences, synthetic stream) and the capture
 thread that feeds the inference loop. No torch here: this runs in the inference process.
 
 A source yields :class:`Frame` objects with uint8 (H, W, 3) BGR images, as OpenCV delivers them.
@@ -136,13 +136,16 @@ class CaptureSource(FrameSource):
 
 
 class FileListSource(FrameSource):
-    """Images read in order from a list of files, with Cityscapes labels where they exist."""
+    """Images read in order from a list of files, with labels where they exist (Cityscapes
+    label ids, or CamVid classes with ``label_set="camvid"``), delivered as train ids."""
 
     WARN_FIRST = 10  # unreadable files named one by one; the rest are only counted
 
-    def __init__(self, images: list[Path], labels: list[Path | None] | None = None):
+    def __init__(self, images: list[Path], labels: list[Path | None] | None = None,
+                 label_set: str = "cityscapes"):
         self.images = images
         self.labels = labels or [None] * len(images)
+        self.label_set = label_set
         self.unreadable = 0  # files OpenCV could not decode: skipped, counted, warned
 
     def frames(self) -> Iterator[Frame]:
@@ -156,7 +159,7 @@ class FileListSource(FrameSource):
                     log.warning("skipped %s: not an image OpenCV can decode (%d unreadable so "
                                 "far)", path, self.unreadable)
                 continue
-            label = read_train_ids(label_path) if label_path is not None else None
+            label = read_train_ids(label_path, self.label_set) if label_path is not None else None
             yield Frame(image, index, time.time_ns(), label, path.name)
 
 
@@ -198,6 +201,20 @@ def playlist_source(locations: list[str]) -> FileListSource:
     parts = [cityscapes_source(location) for location in locations]
     return FileListSource([image for part in parts for image in part.images],
                           [label for part in parts for label in part.labels])
+
+
+def camvid_source(spec: str) -> FileListSource:
+    """CamVid sequences played in turn: ``ROOT[:SEQ[/SPLIT][,SEQ[/SPLIT]...]]`` (every sequence
+    when none is named; a sequence's frames of every split unless it names one), each in frame
+    order, with its labels as train ids."""
+    from iapc.data import find_camvid_spec, parse_camvid_spec
+
+    root, _ = parse_camvid_spec(spec)
+    if not root.is_dir():
+        raise UserError(f"CamVid root {root} does not exist: give ROOT[:SEQ[,SEQ...]], e.g. "
+                        "CamVid:0016E5,0001TP,Seq05VD")
+    samples = find_camvid_spec(spec, "all")
+    return FileListSource([s.image for s in samples], [s.label for s in samples], "camvid")
 
 
 class SyntheticSource(FrameSource):
@@ -317,9 +334,12 @@ def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0,
         if os.pathsep in location and not Path(location).exists():  # ROOT1:ROOT2:... in turn
             return playlist_source([part for part in location.split(os.pathsep) if part])
         return cityscapes_source(location)
+    if kind == "camvid":
+        return camvid_source(location)
     if kind == "synthetic":
         return SyntheticSource(location, size, seed)
-    raise UserError(f"unknown source kind {kind!r}: use camera, video, images, cityscapes or synthetic")
+    raise UserError(f"unknown source kind {kind!r}: use camera, video, images, cityscapes, camvid "
+                    "or synthetic")
 
 
 class CaptureThread(threading.Thread):
