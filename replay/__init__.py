@@ -3,12 +3,13 @@ time, latency, dropped frames, hot-swaps and adaptation.
 
     iapc replay --cityscapes ROOT --split val --out replay/
     iapc replay --cycle FOG NIGHT RAIN --rounds 10 --fast --out continual/
+    iapc replay --camvid CamVid:0016E5,0001TP,Seq05VD --out camvid/   (CamVid sequences in turn)
 
 The runtime is started as a child process exactly as a user starts it (``iapc-runtime
---cityscapes-sequence ...``) with a private run folder and a free loopback port, so the replay
+--cityscapes-sequence ...`` or ``--camvid-sequence ...``) with a private run folder and a free loopback port, so the replay
 measures the same supervisor, inference process, adaptation daemon, engine store, hot-swaps and
 ZeroMQ stream that a vehicle runs. This process only subscribes: it scores every mask whose frame
-has a ``gtFine`` label as it arrives, keeping the engine version that produced it, and then runs
+has a label (``gtFine``, CamVid ``*annot``) as it arrives, keeping the engine version that produced it, and then runs
 the runtime a second time with ``--no-adapt`` over the same frames for the source-only baseline.
 
 Frame ids are positions in the source's order (the runtime numbers captured frames from 0), so a

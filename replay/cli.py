@@ -8,7 +8,7 @@ from pathlib import Path
 
 from iapc.errors import UserError
 from iapc.method_config import METHOD_NAMES
-from iapc.replay.plan import RECORDED_FPS, ReplayConfig
+from iapc.replay.plan import CAMVID_FPS, RECORDED_FPS, ReplayConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a Cityscapes root: leftImg8bit_sequence snippets (else leftImg8bit)")
     what.add_argument("--cycle", type=Path, nargs="+", metavar="ROOT",
                       help="continual protocol: these target roots in turn, --rounds times")
-    parser.add_argument("--split", default="val", help="split to replay (default: val)")
+    what.add_argument("--camvid", metavar="ROOT[:SEQ,...]",
+                      help="CamVid sequences in turn, e.g. CamVid:0016E5,0001TP,Seq05VD (SEQ/SPLIT: "
+                           "one split of it); labelled frames only, 1 s apart")
+    parser.add_argument("--split", default=None,
+                        help="split to replay (default: val; CamVid: all, its sequences whole)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="passes over the roots within one runtime run (default 1)")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=RECORDED_FPS,
-                      help=f"frames per second (default {RECORDED_FPS:g}, the recorded rate)")
+    pace.add_argument("--rate", type=float, default=None,
+                      help=f"frames per second (default {RECORDED_FPS:g}, the recorded rate; "
+                           f"CamVid {CAMVID_FPS:g})")
     pace.add_argument("--fast", action="store_true", help="as fast as the runtime goes")
     parser.add_argument("--checkpoint", help="source checkpoint (default: the embedded one)")
     parser.add_argument("--model", help="architecture of the checkpoint (default: tiny)")
@@ -53,14 +58,27 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         raise UserError(f"--rate must be positive frames per second (or use --fast), got {args.rate}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UserError(f"checkpoint {args.checkpoint} does not exist: give a .pth/.pt file")
-    roots = [args.cityscapes] if args.cityscapes is not None else list(args.cycle)
-    return ReplayConfig(roots=roots, split=args.split, rounds=args.rounds,
-                        rate=None if args.fast else args.rate, checkpoint=args.checkpoint,
+    rate = args.rate if args.rate is not None else (CAMVID_FPS if args.camvid else RECORDED_FPS)
+    return ReplayConfig(roots=replay_roots(args), split=args.split or default_split(args),
+                        rounds=args.rounds, rate=None if args.fast else rate,
+                        checkpoint=args.checkpoint,
                         model=args.model, input_size=args.input_size, classes=args.classes,
                         runtime_config=args.runtime_config,
                         export_every_steps=args.export_every_steps, method=args.method,
-                        baseline=args.baseline,
+                        baseline=args.baseline, camvid=args.camvid,
                         out=args.out, save_masks=args.save_masks, progress=args.progress)
+
+
+def replay_roots(args: argparse.Namespace) -> list[Path]:
+    if args.camvid is not None:
+        from iapc.data import parse_camvid_spec
+
+        return [parse_camvid_spec(args.camvid)[0]]
+    return [args.cityscapes] if args.cityscapes is not None else list(args.cycle)
+
+
+def default_split(args: argparse.Namespace) -> str:
+    return "all" if args.camvid is not None else "val"
 
 
 # --fast runs frames as fast as inference goes; the daemon adapts at its own pace, so it sees a

@@ -40,7 +40,7 @@ def runtime_arguments(cfg: ReplayConfig, plan: ReplayPlan, run_dir: Path, addres
     args = []
     if cfg.runtime_config:
         args += ["--config", cfg.runtime_config]  # the options below override it
-    args += ["--cityscapes-sequence", plan.runtime_location,
+    args += [plan.source_flag, plan.runtime_location,
              "--fps", str(cfg.rate or 0), "--max-frames", str(plan.frames_per_round * rounds),
              "--run-dir", str(run_dir), "--publish", address, "--quiet",
              # every mask must reach the scorer: let ZeroMQ queue a whole round for it

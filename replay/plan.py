@@ -1,5 +1,5 @@
-"""What to replay: the frames of one or more Cityscapes roots in the order the runtime plays them,
-with their labels, and the replay's settings."""
+"""What to replay: the frames of one or more Cityscapes roots (or of CamVid sequences) in the order
+the runtime plays them, with their labels, and the replay's settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from iapc.errors import UserError
 
 RECORDED_FPS = 17.0  # Cityscapes capture rate
+CAMVID_FPS = 1.0  # CamVid's labelled frames are 30 video frames (1 s) apart
 
 
 @dataclass
@@ -30,6 +31,9 @@ class ReplayConfig:
     save_masks: bool = False  # write the masks of annotated frames (train ids) under OUT/masks
     stall_timeout_s: float = 600.0  # no message for this long while the runtime lives: give up
     progress: bool = True
+    # A CamVid ROOT[:SEQ[/SPLIT],...] selection replayed instead of Cityscapes roots (``roots``
+    # then holds its root; ``split`` is that of the sequences that name none).
+    camvid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,13 @@ class PlannedFrame:
     domain: str
     image: Path
     label: Path | None  # *_gtFine_labelIds.png, or None for unannotated sequence frames
+    label_set: str = "cityscapes"  # "camvid": a CamVid *annot/ label (iapc.data.read_train_ids)
 
     @property
     def name(self) -> str:
-        return self.image.name.removesuffix("_leftImg8bit.png")
+        name = self.image.name
+        return name.removesuffix("_leftImg8bit.png") if name.endswith("_leftImg8bit.png") \
+            else self.image.stem
 
 
 @dataclass
@@ -50,6 +57,7 @@ class ReplayPlan:
     locations: list[str]  # what the runtime reads for each domain (root or split folder)
     frames: list[PlannedFrame]  # one round
     rounds: int
+    source_flag: str = "--cityscapes-sequence"  # the runtime option that reads ``locations``
 
     @property
     def frames_per_round(self) -> int:
@@ -71,9 +79,13 @@ class ReplayPlan:
 
 def domain_names(roots: list[Path]) -> list[str]:
     """Folder names, made unique with a suffix where two roots share one."""
+    return unique_names([root.resolve().name or str(root) for root in roots])
+
+
+def unique_names(wanted: list[str]) -> list[str]:
+    """``wanted`` with a ``'`` appended to a name each time it repeats."""
     names: list[str] = []
-    for root in roots:
-        name = root.resolve().name or str(root)
+    for name in wanted:
         while name in names:
             name += "'"
         names.append(name)
@@ -120,3 +132,39 @@ def build_plan(roots: list[Path], split: str, rounds: int) -> ReplayPlan:
         raise UserError(f"no frame under {', '.join(map(str, roots))} has a gtFine/{split} "
                         "*_gtFine_labelIds.png label: nothing to evaluate")
     return ReplayPlan(domains, locations, frames, rounds)
+
+
+def camvid_location(spec: str, split: str) -> str:
+    """The ``--camvid-sequence`` argument: ``spec`` with each sequence's split written out
+    (``split`` for those that name none; every sequence of ``split`` when it names none)."""
+    from iapc.data import camvid_sequence, find_camvid, parse_camvid_spec
+
+    root, items = parse_camvid_spec(spec)
+    if not items:
+        sequences = dict.fromkeys(camvid_sequence(s.name) for s in find_camvid(root, split))
+        items = [(sequence, None) for sequence in sequences]
+    return f"{root}:" + ",".join(f"{sequence}/{own or split}" for sequence, own in items)
+
+
+def build_camvid_plan(spec: str, split: str, rounds: int) -> ReplayPlan:
+    """CamVid sequences in turn, one domain each, in the order the runtime plays them (the same
+    listing, :func:`iapc.data.find_camvid_spec`); every CamVid frame is labelled."""
+    from iapc.data import find_camvid_spec, parse_camvid_spec
+
+    if rounds < 1:
+        raise UserError(f"--rounds must be 1 or more, got {rounds}")
+    location = camvid_location(spec, split)
+    root, items = parse_camvid_spec(location)
+    domains = unique_names([sequence for sequence, _ in items])
+    frames: list[PlannedFrame] = []
+    for domain, (sequence, own) in zip(domains, items):
+        for sample in find_camvid_spec(f"{root}:{sequence}/{own}"):
+            frames.append(PlannedFrame(len(frames), domain, sample.image, sample.label, "camvid"))
+    return ReplayPlan(domains, [location], frames, rounds, source_flag="--camvid-sequence")
+
+
+def plan_replay(cfg: ReplayConfig) -> ReplayPlan:
+    """The plan of ``cfg``: its CamVid selection, else its Cityscapes roots."""
+    if cfg.camvid is not None:
+        return build_camvid_plan(cfg.camvid, cfg.split, cfg.rounds)
+    return build_plan(cfg.roots, cfg.split, cfg.rounds)

@@ -47,15 +47,16 @@ class RunRecord:
         return RUN_NAMES[self.adapted]
 
 
-def score_mask(mask, label_path: Path, num_classes: int):
-    """(K, K) confusion of one published mask against its gtFine label, at the label's size
-    (the mask, at the engine's size, is upsampled by nearest neighbour as an image would be)."""
+def score_mask(mask, label_path: Path, num_classes: int, label_set: str = "cityscapes"):
+    """(K, K) confusion of one published mask against its label (gtFine, or CamVid's as train
+    ids), at the label's size (the mask, at the engine's size, is upsampled by nearest neighbour
+    as an image would be)."""
     import cv2
 
     from iapc.data import read_train_ids
     from iapc.metrics import ConfusionMatrix
 
-    label = read_train_ids(label_path)  # uint8 (H, W) train ids, 255 = ignore
+    label = read_train_ids(label_path, label_set)  # uint8 (H, W) train ids, 255 = ignore
     if mask.shape != label.shape:
         mask = cv2.resize(mask, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
     matrix = ConfusionMatrix(num_classes)
@@ -93,7 +94,7 @@ class StreamRecorder:
             return
         scored = ScoredFrame(header.frame_id, round_index, planned.domain, planned.name,
                              header.engine_version,
-                             score_mask(mask, planned.label, header.num_classes))
+                             score_mask(mask, planned.label, header.num_classes, planned.label_set))
         if self.masks_folder is not None:
             scored.mask_file = save_mask(mask, self.masks_folder, scored)
         self.record.scored.append(scored)

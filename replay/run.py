@@ -11,7 +11,7 @@ from pathlib import Path
 from iapc.errors import UserError
 from iapc.replay.launch import (SUBSCRIBER_RCVHWM, free_loopback_port, keep_logs, last_error_line,
                                 runtime_arguments, runtime_executable, stop_process)
-from iapc.replay.plan import ReplayConfig, ReplayPlan, build_plan
+from iapc.replay.plan import ReplayConfig, ReplayPlan, plan_replay
 from iapc.replay.record import RunRecord, StreamRecorder, collect
 
 
@@ -74,7 +74,7 @@ def run_replay(cfg: ReplayConfig) -> dict:
     from iapc.replay.output import write_report
     from iapc.replay.report import build_report
 
-    plan = build_plan(cfg.roots, cfg.split, cfg.rounds)
+    plan = plan_replay(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if cfg.checkpoint is None:
         cfg.checkpoint = str(embedded_checkpoint(cfg.model or "tiny"))
