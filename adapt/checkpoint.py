@@ -2,10 +2,14 @@
 
 Two layouts are read:
 - the project's own (written by :func:`save_checkpoint`): ``{"format": "iapc/1", "model": name,
-  "num_classes": K, "state_dict": ..., "config": {...}, "step": int}``;
+  "num_classes": K, "state_dict": ..., "config": {...}, "step": int}``, plus ``model_options``
+  (e.g. ``{"width": 1.0}``) for models built with options;
 - the released IAPC / AdvEnt files: ``{"state_dict": ...}`` or a bare state dict, keys possibly
   prefixed ``module.``; the auxiliary ``layer5`` head is skipped. These hold a
-  ``deeplabv2_resnet101``.
+  ``deeplabv2_resnet101``;
+- the released ESPNetv2 Cityscapes files (EdgeNets): a bare state dict, recognised by its keys
+  (or named with ``--model espnetv2``); the width s is read from its shapes and its 20 outputs
+  are the 19 classes plus a background class (see :mod:`iapc.adapt.models.espnetv2`).
 
 Everything is loaded with ``torch.load(..., weights_only=True)``: no pickled code runs.
 """
@@ -20,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from iapc.adapt.models import MODELS, build_model
+from iapc.adapt.models import MODELS, build_model, parse_model_name
+from iapc.adapt.models import espnetv2
 from iapc.errors import UserError
 
 FORMAT = "iapc/1"
@@ -34,8 +39,10 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, model: nn.Module,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
-               "state_dict": model.state_dict(), "config": dict(config or {}), "step": int(step),
-               **extra}
+               "state_dict": model.state_dict(), "config": dict(config or {}), "step": int(step)}
+    if hasattr(model, "build_options"):  # e.g. ESPNetv2's width: rebuilds the same architecture
+        payload["model_options"] = dict(model.build_options())
+    payload.update(extra)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -104,11 +111,13 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
     """
     path = Path(path)
     data = read_checkpoint_file(path)
+    options: dict[str, Any] = {}
     if data.get("format") == FORMAT:
         name, classes = data["model"], int(data["num_classes"])
-        if model_name is not None and model_name != name:
+        if model_name is not None and not _same_architecture(model_name, name):
             raise UserError(f"checkpoint {path} holds a {name}, not a {model_name}: "
                             f"drop --model or pass --model {name}")
+        options = dict(data.get("model_options") or {})
         if num_classes is not None and num_classes != classes:
             raise UserError(f"checkpoint {path} has {classes} classes, not {num_classes}")
         state = data["state_dict"]
@@ -116,16 +125,53 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
                 "step": int(data.get("step", 0)), "input_size": recorded_input_size(data),
                 "method": data.get("method")}
     else:
-        name = model_name or RELEASED_MODEL
         state = _released_state_dict(data)
-        classes = num_classes or _classes_from_released(state)
+        if model_name is None and espnetv2.is_espnetv2_state_dict(state):
+            model_name = "espnetv2"
+        name = model_name or RELEASED_MODEL
+        if parse_model_name(name)[0] == "espnetv2" and espnetv2.is_espnetv2_state_dict(state):
+            # the last output is the background class, dropped by the model (19 of 20)
+            classes = num_classes or espnetv2.raw_classes_from_state_dict(state) - 1
+        else:
+            classes = num_classes or _classes_from_released(state)
         meta = {"model": name, "num_classes": classes, "config": {}, "step": 0,
                 "input_size": None}
-    if name not in MODELS:
+    base, named = parse_model_name(name)
+    if base not in MODELS:
         raise UserError(f"checkpoint {path} names unknown model {name!r}")
-    model = build_model(name, classes)
+    if base == "espnetv2":
+        asked = parse_model_name(model_name)[1] if model_name is not None else {}
+        options = {**named, **options, **_espnetv2_width(state, {**named, **asked}, path)}
+    model = build_model(name, classes, **options)
     _load_state(model, state, path, name)
     return model, meta
+
+
+def _same_architecture(asked: str, recorded: str) -> bool:
+    """``--model espnetv2`` matches a file of any ESPNetv2 width; a width in either name must
+    agree (the width recorded in the file's state dict is checked when it is loaded)."""
+    asked_base, asked_options = parse_model_name(asked)
+    recorded_base, recorded_options = parse_model_name(recorded)
+    if asked_base != recorded_base:
+        return False
+    return not (asked_options and recorded_options) or asked_options == recorded_options
+
+
+def _espnetv2_width(state: dict[str, torch.Tensor], named: dict[str, Any],
+                    path: Path) -> dict[str, float]:
+    """``{"width": s}`` read from an ESPNetv2 state dict's shapes (nothing if it holds none);
+    a width given in the model's name must be the file's."""
+    if not espnetv2.is_espnetv2_state_dict(state):
+        return {}  # not an ESPNetv2: _load_state says so with the missing keys
+    try:
+        width = espnetv2.width_from_state_dict(state)
+    except ValueError as err:
+        raise UserError(f"checkpoint {path}: {err}") from None
+    if "width" in named and float(named["width"]) != width:
+        raise UserError(f"checkpoint {path} holds an ESPNetv2 of width s={width}, not "
+                        f"s={named['width']}: pass --model espnetv2 (the width is read from "
+                        "the file)")
+    return {"width": width}
 
 
 def recorded_input_size(data: dict[str, Any]) -> tuple[int, int] | None:
