@@ -133,8 +133,9 @@ def find_camvid(root: str | os.PathLike, split: str = "train",
     present = list(dict.fromkeys(camvid_sequence(s.name) for s in found))
     missing = [q for q in sequences or () if q not in present]
     if not found or missing:
-        raise UserError(f"CamVid split {split} has no {'frames' if not found else f'sequence {missing[0]!r}'}"
-                        f" under {root}: its sequences are {', '.join(present) or 'none'}")
+        what = f"sequence {missing[0]!r}" if found else "frames"
+        raise UserError(f"CamVid split {split} has no {what} under {root}: its sequences are "
+                        f"{', '.join(present) or 'none'}")
     if not sequences:
         return found
     return [s for q in sequences for s in found if camvid_sequence(s.name) == q]
