@@ -49,13 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_transport(transport: str) -> str:
     """``auto`` -> ``rclpy`` when importable, else ``dds``; an explicit rclpy must be importable."""
     from iapc.errors import UserError
-    from iapc.ros_bridge.rclpy_publisher import rclpy_available
+    from iapc.ros_bridge.rclpy_publisher import RCLPY_MISSING, rclpy_available
 
     if transport == "auto":
         return "rclpy" if rclpy_available() else "dds"
     if transport == "rclpy" and not rclpy_available():
-        raise UserError("--transport rclpy needs a sourced ROS 2 environment (rclpy is not on "
-                        "PyPI): source /opt/ros/<distro>/setup.bash or use --transport dds")
+        raise UserError(f"--transport rclpy: {RCLPY_MISSING}; or use --transport dds")
     return transport
 
 

@@ -1,7 +1,9 @@
 """Publish through rclpy when the bridge runs inside a ROS 2 environment (the normal case on a vehicle).
 
-rclpy is not on PyPI: it comes with a sourced ROS 2 installation. Everything that needs it is in
-this small module and imported only when :class:`RclpySink` is created.
+rclpy comes with a sourced ROS 2 installation, or from PyPI as the ``ros2`` extra of this package
+(``pip install -e '.[ros2]'``: ROS 2 Kilted's rclpy with Fast DDS, no ROS installation needed).
+Everything that needs it is in this small module and imported only when :class:`RclpySink` is
+created.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from iapc.ros_bridge.ros_messages import ImageMessage
 
 NODE_NAME = "iapc_bridge"
 QOS_DEPTH = 10  # ROS 2's default publisher profile: reliable, keep last 10, volatile
+# What to do when rclpy is missing: said by the bridge's --transport rclpy and by skipped tests.
+RCLPY_MISSING = ("rclpy is not installed: pip install -e '.[ros2]' (ROS 2 from PyPI, which "
+                 "'make install' does) or source /opt/ros/<distro>/setup.bash")
 
 
 def rclpy_available() -> bool:

@@ -1,6 +1,28 @@
+import faulthandler
+import os
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+# A hang becomes a failure. Each test has pytest-timeout's limit (pyproject: timeout); the whole
+# session has this one, and after pytest's summary the interpreter has EXIT_GRACE_S to end (a
+# thread, a child or a ZeroMQ context left behind can keep it alive). Past either, faulthandler
+# prints every thread's stack and the process exits with status 1.
+SESSION_LIMIT_S = int(os.environ.get("IAPC_TEST_SESSION_LIMIT_S", 40 * 60))
+EXIT_GRACE_S = 60
+LEAK_GRACE_S = 5.0  # how long a test's threads and children get to end after it
+
+
+def pytest_configure(config):
+    faulthandler.dump_traceback_later(SESSION_LIMIT_S, exit=True, file=sys.__stderr__)
+
+
+def pytest_unconfigure(config):
+    # replaces the session limit: from here on only interpreter shut-down is left
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -16,6 +38,53 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _child_pids() -> set[int]:
+    """Live (not zombie) direct children of this process, read from /proc (Linux)."""
+    children = set()
+    own = os.getpid()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == own and state != "Z":
+            children.add(int(entry.name))
+    return children
+
+
+def _leftovers(threads_before: set, children_before: set) -> tuple[list, set]:
+    threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()
+               and not t.daemon]
+    return threads, _child_pids() - children_before
+
+
+@pytest.fixture(autouse=True)
+def _nothing_outlives_the_test(request):
+    """Fails a test that leaves a non-daemon thread or a child process running: either keeps
+    the test process alive after the summary (the hang this guards against) or disturbs later
+    tests. Session and module fixtures are set up before this one, so their parts don't count."""
+    threads_before, children_before = set(threading.enumerate()), _child_pids()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S
+    threads, children = _leftovers(threads_before, children_before)
+    while (threads or children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        threads, children = _leftovers(threads_before, children_before)
+    for pid in children:  # end them so that they can't hang the session either
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    if threads or children:
+        pytest.fail(f"{request.node.nodeid} left running: threads "
+                    f"{[t.name for t in threads]}, child processes {sorted(children)}",
+                    pytrace=False)
 
 
 # Shared by the runtime and replay tests, which start real runtimes on it.

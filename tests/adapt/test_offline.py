@@ -99,6 +99,7 @@ def test_bad_options_are_user_errors(source_checkpoint, target_root):
         _run(source_checkpoint, target_root, 1, pseudo_labels="sometimes")
 
 
+@pytest.mark.process
 def test_ddp_two_cpu_ranks_end_with_identical_weights(source_checkpoint, target_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "IAPC_DUMP_RANK_STATE": str(tmp_path / "ranks")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -19,6 +19,8 @@ from iapc.runtime import run_folder
 from iapc.runtime.sources import make_source
 from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
+
 SIZE = (128, 64)  # (width, height) of the generated frames and of the engine input
 SEQUENCES = 2  # 30-frame snippets in the replayed fog root
 

@@ -16,7 +16,6 @@ from iapc.labels import PALETTE
 from iapc.errors import UserError
 from iapc.ros_bridge import cli
 from iapc.ros_bridge.bridge import BridgeConfig, MaskBridge
-from iapc.ros_bridge.rclpy_publisher import rclpy_available
 from iapc.ros_bridge.ros_messages import ImageMessage
 from iapc.runtime.client import MaskSubscriber
 from iapc.runtime.protocol import ENCODING_CONFIDENCE, TOPIC_CONF, MaskHeader
@@ -205,40 +204,3 @@ def test_bridge_modules_do_not_import_torch():
             "iapc.ros_bridge.rclpy_publisher, iapc.ros_bridge.ros_messages; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
-@pytest.mark.skipif(not rclpy_available(),
-                    reason="rclpy is not installed (it ships with ROS 2, not PyPI): "
-                           "source /opt/ros/<distro>/setup.bash to run this test")
-def test_rclpy_sink_publishes_to_a_ros2_subscription():
-    import rclpy
-    from sensor_msgs.msg import Image
-
-    from iapc.ros_bridge.rclpy_publisher import RclpySink
-    from iapc.ros_bridge.ros_messages import mask_image
-
-    domain_id = 100 + int(time.time()) % 100
-    sink = RclpySink(domain_id=domain_id)
-    received: list = []
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node("iapc_bridge_test", context=context)
-    node.create_subscription(Image, "/iapc/mask", received.append, 10)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    mask = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    image = mask_image(header_for(mask, 1, 5_000_000_123), mask, "camera")
-    try:
-        deadline = time.monotonic() + 10
-        while not received:
-            assert time.monotonic() < deadline, "no Image from the rclpy sink"
-            sink.publish_image("/iapc/mask", image)
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        sink.close()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-    message = received[0]
-    assert (message.header.stamp.sec, message.header.stamp.nanosec) == (5, 123)
-    assert (message.encoding, message.step) == ("mono8", 4)
-    assert bytes(message.data) == mask.tobytes()

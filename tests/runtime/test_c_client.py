@@ -21,6 +21,7 @@ from iapc.runtime.protocol import MaskHeader, encode_mask_message, encode_status
 
 SOURCE = Path(__file__).resolve().parents[2] / "examples" / "c_client"
 FRAMES = 40
+SYSTEM_DEPS = "run 'make system-deps' (apt-get installs gcc make pkg-config libzmq3-dev libjansson-dev)"
 MASK_LINE = re.compile(r"mask frame_id=(\d+) engine_version=(\d+) boot_id=(\S+) "
                        r"width=(\d+) height=(\d+) crc32=([0-9a-f]{8})")
 
@@ -30,12 +31,12 @@ def c_client(tmp_path_factory) -> Path:
     """Builds examples/c_client with its Makefile and the system compiler (warnings are errors)."""
     missing = [tool for tool in ("gcc", "make", "pkg-config") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"cannot build the C client: {', '.join(missing)} not installed "
-                    "(apt-get install gcc make pkg-config libzmq3-dev libjansson-dev)")
+        pytest.skip(f"cannot build the C client: {', '.join(missing)} not installed: "
+                    f"{SYSTEM_DEPS}")
     for package in ("libzmq", "jansson"):
         if subprocess.run(["pkg-config", "--exists", package]).returncode != 0:
-            pytest.skip(f"cannot build the C client: pkg-config finds no {package} headers "
-                        "(apt-get install libzmq3-dev libjansson-dev)")
+            pytest.skip(f"cannot build the C client: pkg-config finds no {package} headers: "
+                        f"{SYSTEM_DEPS}")
     out = tmp_path_factory.mktemp("c_client")
     build = subprocess.run(["make", "-s", "-C", str(SOURCE), f"OUT={out}", "CC=gcc",
                             "WARNINGS=-Wall -Wextra -Werror"], capture_output=True, text=True)
@@ -74,6 +75,7 @@ def mask_lines(stdout: str) -> list[tuple]:
     return rows
 
 
+@pytest.mark.process
 def test_c_client_agrees_with_the_python_client_on_a_real_runtime(tmp_path, varied_checkpoint,
                                                                   c_client):
     port = free_port()

@@ -25,6 +25,8 @@ from iapc.export.store import CorruptVersion, EngineStore
 from iapc.runtime import run_folder
 from iapc.runtime.client import MaskSubscriber
 
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
+
 FAULTS = "bad=0.03,resize=0.03,outage=0.004,outage_s=0.6"
 
 
@@ -117,28 +119,42 @@ def count_kind(statuses, **fields) -> int:
     return sum(all(s.get(k) == v for k, v in fields.items()) for s in statuses)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def shared(tmp_path_factory, tiny_checkpoint):
     tmp = tmp_path_factory.mktemp("faults")
     run_dir, port = tmp / "run", free_port()
     config = write_config(tmp / "runtime.yaml",
                           source={"faults": FAULTS, "retry_max_s": 0.4, "seed": 3})
     process = start_runtime(*runtime_args(config, run_dir, port, tiny_checkpoint, 100_000))
-    collector = Collector(port)
-    collector.wait_frames(1, timeout=90)
-    damaged: set = set()
-    watcher = CurrentWatcher(run_dir / run_folder.STORE, damaged)
-    others = FlappingSubscribers(port)
-    yield {"process": process, "run_dir": run_dir, "collector": collector, "damaged": damaged,
-           "watcher": watcher, "others": others}
-    for part in (others, collector):
-        part.close()
-    watcher.stopped.set()
-    if process.poll() is None:
-        process.kill()
+    parts = {"process": process, "run_dir": run_dir, "damaged": set()}
+    try:  # whatever fails, every part below is closed and the runtime ended
+        parts["collector"] = Collector(port)
+        parts["collector"].wait_frames(1, timeout=90)
+        parts["watcher"] = CurrentWatcher(run_dir / run_folder.STORE, parts["damaged"])
+        parts["others"] = FlappingSubscribers(port)
+        yield parts
+    finally:
+        for name in ("others", "collector"):
+            if name in parts:
+                parts[name].close()
+        if "watcher" in parts:
+            parts["watcher"].stopped.set()
+            parts["watcher"].join(5)
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
 
 
-def test_daemon_killed_mid_export_is_restarted(shared):
+def test_one_runtime_survives_every_fault_in_turn(shared):
+    """The faults depend on each other's counts (two daemon restarts, two rejected engines), so
+    they run in this order within one test instead of relying on the order of tests."""
+    daemon_killed_mid_export_is_restarted(shared)
+    hung_daemon_is_killed_by_the_watchdog(shared)
+    corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared)
+    everything_survived_in_order(shared)
+
+
+def daemon_killed_mid_export_is_restarted(shared):
     run_dir, collector = shared["run_dir"], shared["collector"]
     collector.wait_status(lambda s: s.get("type") == "version" and s["version"] >= 2, 60)
     deadline = time.monotonic() + 60
@@ -154,7 +170,7 @@ def test_daemon_killed_mid_export_is_restarted(shared):
     collector.wait_frames(10, timeout=20)  # inference never stopped
 
 
-def test_hung_daemon_is_killed_by_the_watchdog(shared):
+def hung_daemon_is_killed_by_the_watchdog(shared):
     run_dir, collector = shared["run_dir"], shared["collector"]
     pid = daemon_pid(run_dir)
     mark, frames_before = len(collector.statuses), len(collector.headers)
@@ -165,7 +181,7 @@ def test_hung_daemon_is_killed_by_the_watchdog(shared):
     assert len(collector.headers) - frames_before > 50  # masks flowed all along
 
 
-def test_corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared, tmp_path):
+def corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared):
     run_dir, collector = shared["run_dir"], shared["collector"]
     store = EngineStore(run_dir / run_folder.STORE)
     pid = daemon_pid(run_dir)
@@ -177,7 +193,7 @@ def test_corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared
             assert time.monotonic() < deadline, "the newest version never came into service"
             time.sleep(0.05)
         mark = len(collector.statuses)
-        garbage = tmp_path / "garbage.onnx"
+        garbage = shared["run_dir"].parent / "garbage.onnx"
         garbage.write_bytes(b"\x08\x07 this is not an ONNX model" * 100)
         corrupt = store.publish(garbage).number
         shared["damaged"].add(corrupt)
@@ -199,7 +215,7 @@ def test_corrupt_and_truncated_engines_are_rejected_and_the_old_one_stays(shared
     collector.wait_status(lambda s: s.get("type") == "version", 60, after=len(collector.statuses))
 
 
-def test_everything_survived_in_order(shared):
+def everything_survived_in_order(shared):
     process, run_dir, collector = shared["process"], shared["run_dir"], shared["collector"]
     collector.wait_status(lambda s: s.get("kind") == "source" and s["state"] == "resumed", 60)
     process.send_signal(signal.SIGTERM)
@@ -307,6 +323,7 @@ def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoi
         collector.close()
         if process.poll() is None:
             process.kill()
+            process.communicate(timeout=30)
     last_good = EngineStore(store_dir).current()
     assert last_good is not None and last_good.name == store.current_name()
 
@@ -320,6 +337,9 @@ def test_disk_full_then_sigterm_during_swap_then_restart(tmp_path, tiny_checkpoi
         time.sleep(0.5)
     finally:
         collector.close()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
     # A warm store serves the first frame at once, possibly before the subscriber's connection
     # is up (ZeroMQ's slow joiner): the runtime's own count proves nothing was lost, and what
     # arrived is in order from there on.

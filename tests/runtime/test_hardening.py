@@ -20,6 +20,8 @@ import torch
 from support import free_port, runtime_command, start_runtime
 from iapc.runtime.client import MaskSubscriber
 
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
+
 IAPC = [sys.executable, "-c", "from iapc.cli import main; main()"]
 SMALL = ["--model", "tiny", "--input-size", "128x64", "--quiet"]
 

@@ -11,6 +11,8 @@ from support import collect, free_port, runtime_args
 from iapc.export.store import EngineStore
 from iapc.runtime import run_folder
 
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
+
 FRAMES = 120
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from support import runtime_command
 
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
+
 BAD_OPTIONS = [
     (["--fps", "-5"], "--fps", ">= 0"),
     (["--max-frames", "0"], "--max-frames", ">= 1"),

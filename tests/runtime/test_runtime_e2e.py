@@ -5,9 +5,13 @@ import json
 import signal
 import time
 
+import pytest
+
 from support import FRAMES, collect, free_port, runtime_args, start_runtime
 from iapc.runtime import run_folder
 from iapc.runtime.client import MaskSubscriber
+
+pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
 
 
 def test_runtime_streams_adapts_swaps_and_resumes(tmp_path, tiny_checkpoint):
