@@ -24,8 +24,9 @@ Two changes from the release, neither of which alters its numbers where it works
   release's.
 - ONNX export: the pyramid pooling averages over bins of sizes that need not divide the input
   (``adaptive_avg_pool2d`` to 0.1x and from 1.5x), which the TorchScript ONNX exporter refuses.
-  :func:`adaptive_avg_pool_2d` computes the same bins from the static shapes with separable
-  gathers and weights (plain ``AveragePool`` where the bins divide evenly).
+  While an exporter traces, :func:`adaptive_avg_pool_2d` computes the same bins from the static
+  shapes with separable gathers and weights (plain ``AveragePool`` where the bins divide
+  evenly); eager runs keep PyTorch's faster kernel. The two agree to float rounding (~1e-7).
 """
 
 from __future__ import annotations
@@ -295,6 +296,14 @@ def adaptive_avg_pool_2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return _adaptive_avg_pool_1d(_adaptive_avg_pool_1d(x, 2, size[0]), 3, size[1])
 
 
+def _pyramid_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling: PyTorch's kernel when running eagerly (about twice as fast as
+    the gathers on the 1.5x level), :func:`adaptive_avg_pool_2d` while an exporter traces."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return adaptive_avg_pool_2d(x, size)
+    return F.adaptive_avg_pool2d(x, size)
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
@@ -329,9 +338,9 @@ class PyramidPool(nn.Module):
             size = (max(int(math.ceil(height * scale)), MIN_PYRAMID_SIZE),
                     max(int(math.ceil(width * scale)), MIN_PYRAMID_SIZE))
             if scale < 1.0:
-                level = _resize(stage(adaptive_avg_pool_2d(x, size)), (height, width))
+                level = _resize(stage(_pyramid_pool(x, size)), (height, width))
             elif scale > 1.0:
-                level = adaptive_avg_pool_2d(stage(_resize(x, size)), (height, width))
+                level = _pyramid_pool(stage(_resize(x, size)), (height, width))
             else:
                 level = stage(x)
             levels.append(level)  # (N, P, H, W)
