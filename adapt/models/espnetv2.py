@@ -422,13 +422,14 @@ class ESPNetv2Seg(nn.Module):
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """Reflect-pad (N, 3, H, W) at the bottom and right to multiples of 16 (the encoder's
         stride; the decoder's skips need equal sizes). Not padded when already a multiple."""
-        height, width = int(x.shape[2]), int(x.shape[3])
-        pad_h, pad_w = -height % STRIDE, -width % STRIDE
-        if not (pad_h or pad_w):
-            return x
-        # reflect needs the pad smaller than the side; only tiny inputs fall back to replicate
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        for dim in (2, 3):
+            size = int(x.shape[dim])
+            if size % STRIDE:
+                # a gather with constant indices rather than F.pad(mode="reflect"): the same
+                # values, any pad length, and no Pad node whose pads the exporter cannot fold
+                index = torch.as_tensor(_reflect_indices(size, -size % STRIDE), device=x.device)
+                x = x.index_select(dim, index)
+        return x
 
     def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W), H and W multiples of 16 -> raw logits (N, raw_classes, H/2, W/2) and
@@ -467,6 +468,17 @@ class ESPNetv2Seg(nn.Module):
         ids = {id(p) for p in backbone}
         return {"backbone": backbone,
                 "classifier": [p for p in self.parameters() if id(p) not in ids]}
+
+
+def _reflect_indices(size: int, pad: int) -> np.ndarray:
+    """Indices of an axis of ``size`` extended by ``pad`` reflected samples at its end
+    (..., n-2, n-1, n-2, n-3, ...), reflecting again past the start when ``pad >= size``."""
+    i = np.arange(size + pad)
+    if size == 1:
+        return np.zeros_like(i)
+    period = 2 * size - 2
+    i = i % period
+    return np.where(i < size, i, period - i)
 
 
 # --- reading the architecture from a state dict; deterministic weights for tests -------------------
