@@ -26,7 +26,8 @@ Two changes from the release, neither of which alters its numbers where it works
   (``adaptive_avg_pool2d`` to 0.1x and from 1.5x), which the TorchScript ONNX exporter refuses.
   While an exporter traces, :func:`adaptive_avg_pool_2d` computes the same bins from the static
   shapes with separable gathers and weights (plain ``AveragePool`` where the bins divide
-  evenly); eager runs keep PyTorch's faster kernel. The two agree to float rounding (~1e-7).
+  evenly); eager runs keep PyTorch's faster kernel. The two agree to float rounding (6e-6 at
+  most on the released s=2.0 logits, which reach 22, at 1024x512).
 """
 
 from __future__ import annotations
