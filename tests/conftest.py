@@ -20,7 +20,55 @@ def pytest_configure(config):
     faulthandler.dump_traceback_later(SESSION_LIMIT_S, exit=True, file=sys.__stderr__)
 
 
+def _destroy_open_zmq_contexts() -> int:
+    """Destroys, without linger, the ZeroMQ contexts nobody closed; returns how many. Garbage
+    collection would otherwise terminate them with the default linger, which blocks for ever
+    (inside whichever later test happens to collect them) while a socket has queued messages."""
+    import gc
+    import warnings
+
+    zmq = sys.modules.get("zmq")
+    if zmq is None:
+        return 0
+    with warnings.catch_warnings():  # isinstance on some of torch's lazy objects warns
+        warnings.simplefilter("ignore")
+        left = [c for c in gc.get_objects() if isinstance(c, zmq.Context) and not c.closed]
+    for context in left:
+        context.destroy(linger=0)
+    return len(left)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:  # what a failed test opened was not closed: no later test may pay for it
+        if _destroy_open_zmq_contexts():
+            report.sections.append(("conftest", "open ZeroMQ contexts destroyed after the failure"))
+
+
+_EXIT_STATUS = {"status": 1}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS["status"] = int(exitstatus)
+    left = _destroy_open_zmq_contexts()
+    if left:
+        print(f"\nconftest: {left} ZeroMQ context(s) left open by the tests were destroyed",
+              file=sys.__stderr__)
+
+
 def pytest_unconfigure(config):
+    # Non-daemon threads still running would keep the interpreter alive after the summary:
+    # name them, print every stack, and exit now with pytest's status (1 if it was 0).
+    main = threading.main_thread()
+    left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    if left:
+        print(f"\nconftest: threads still running after the tests: {[t.name for t in left]}; "
+              "their stacks follow, then the run exits", file=sys.__stderr__, flush=True)
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        sys.__stdout__.flush()
+        os._exit(_EXIT_STATUS["status"] or 1)
     # replaces the session limit: from here on only interpreter shut-down is left
     faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
 

@@ -23,6 +23,7 @@ _LARGE = pytest.mark.slow  # ResNet backbones: a few seconds each even at 64x64
 @pytest.mark.parametrize("name", [
     "tiny",
     "small",
+    "espnetv2",
     pytest.param("deeplabv3_mobilenet_v3_large", marks=_LARGE),
     pytest.param("deeplabv3_resnet50", marks=_LARGE),
     pytest.param("deeplabv2_resnet101", marks=_LARGE),
@@ -38,8 +39,8 @@ def test_every_registered_model_exports_and_matches_pytorch(tmp_path, name):
 
 
 def test_registry_is_covered():
-    assert set(MODELS) == {"tiny", "small", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
-                           "deeplabv2_resnet101"}
+    assert set(MODELS) == {"tiny", "small", "espnetv2", "deeplabv3_mobilenet_v3_large",
+                           "deeplabv3_resnet50", "deeplabv2_resnet101"}
 
 
 def test_graph_io_and_metadata(tiny_onnx):
