@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from iapc.adapt.models import MODELS, build_model, parse_model_name
+from iapc.adapt.models.contract import is_factory_name
 from iapc.adapt.models import espnetv2
 from iapc.errors import UserError
 
@@ -137,7 +138,7 @@ def load_model(path: str | os.PathLike, model_name: str | None = None,
         meta = {"model": name, "num_classes": classes, "config": {}, "step": 0,
                 "input_size": None}
     base, named = parse_model_name(name)
-    if base not in MODELS:
+    if base not in MODELS and not is_factory_name(name):
         raise UserError(f"checkpoint {path} names unknown model {name!r}")
     if base == "espnetv2":
         asked = parse_model_name(model_name)[1] if model_name is not None else {}

@@ -9,6 +9,9 @@
 Models with architecture options (ESPNetv2's width ``s``) also have ``build_options()``, the
 keyword arguments that rebuild them: ``build_model("espnetv2", 19, width=1.0)``, or the name
 ``espnetv2_s1.0``; ``espnetv2`` alone is s=2.0 (a checkpoint's own width wins when loading).
+
+A user's own network is named by its factory, ``package.module:function`` (see
+:mod:`iapc.adapt.models.contract`), and checked against this contract when it is built.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from iapc.adapt.models.contract import build_user_model, is_factory_name
 from iapc.adapt.models.deeplabv2 import DeepLabV2ResNet
 from iapc.adapt.models.espnetv2 import DEFAULT_WIDTH, WIDTH_CHANNELS, ESPNetv2Seg
 from iapc.adapt.models.tiny import TinySegNet
@@ -53,7 +57,10 @@ def parse_model_name(name: str) -> tuple[str, dict[str, Any]]:
 def build_model(name: str, num_classes: int = 19, **options: Any) -> nn.Module:
     """A freshly initialised model from the registry (no weights are downloaded).
 
-    ``options`` (e.g. ``width=1.0`` for ``espnetv2``) override those the name carries."""
+    ``options`` (e.g. ``width=1.0`` for ``espnetv2``) override those the name carries; a
+    ``package.module:function`` name builds a user's network with ``function(num_classes)``."""
+    if is_factory_name(name):
+        return build_user_model(name, num_classes)
     base, named = parse_model_name(name)
     if base not in MODELS:
         raise UserError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
