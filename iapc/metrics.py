@@ -140,6 +140,35 @@ def camvid_scores(matrix: ConfusionMatrix) -> SegmentationScores:
     return replace(scores, iou=scores.iou[:CAMVID_NUM_CLASSES], names=CAMVID_CLASS_NAMES)
 
 
+def camvid_from_train_id_matrix(mat) -> ConfusionMatrix:
+    """The CamVid matrix of a (19, 19) train-id confusion matrix whose ground truth came from
+    CamVid labels (one representative train id per CamVid class, :data:`CAMVID_TO_TRAIN_ID`):
+    rows and columns both go through :data:`TRAIN_ID_TO_CAMVID`, so the result equals scoring the
+    same pixels with :func:`update_camvid` exactly."""
+    from iapc.labels import TRAIN_ID_TO_CAMVID
+
+    matrix = camvid_matrix()
+    mat = np.asarray(mat, dtype=np.int64)
+    to_camvid = np.minimum(TRAIN_ID_TO_CAMVID[:mat.shape[0]].astype(np.int64), CAMVID_NUM_CLASSES)
+    rows, cols = np.nonzero(mat)
+    np.add.at(matrix.mat, (to_camvid[rows], to_camvid[cols]), mat[rows, cols])
+    matrix.mat[CAMVID_IGNORE, :] = 0  # a void label counts nowhere
+    return matrix
+
+
+def scores_of_matrix(mat, classes: str) -> SegmentationScores:
+    """Scores of a train-id confusion matrix over ``classes``: a Cityscapes subset ("19", "16",
+    "13") or "camvid11" (the matrix's labels came from CamVid)."""
+    if classes == CAMVID11:
+        return camvid_scores(camvid_from_train_id_matrix(mat))
+    metric = ConfusionMatrix(len(mat))
+    metric.mat = np.asarray(mat, dtype=np.int64)
+    return metric.compute(classes)
+
+
+CAMVID11 = "camvid11"  # the class-set name of CamVid's 11 classes, beside CLASS_SUBSETS'
+
+
 def format_table(scores: SegmentationScores) -> str:
     """A per-class IoU table (percent) followed by the mIoU line, for printing."""
     names = scores.class_names()

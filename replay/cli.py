@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from iapc.errors import UserError
+from iapc.metrics import CAMVID11
 from iapc.method_config import METHOD_NAMES
 from iapc.replay.plan import CAMVID_FPS, RECORDED_FPS, ReplayConfig
 
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="architecture of the checkpoint (default: tiny)")
     parser.add_argument("--input-size", type=parse_size, metavar="WxH",
                         help="engine input size, e.g. 1024x512")
-    parser.add_argument("--classes", choices=("19", "16", "13"), default="19",
-                        help="classes in the mIoU: 19 (Cityscapes), 16/13 (SYNTHIA mIoU/mIoU*)")
+    parser.add_argument("--classes", choices=("19", "16", "13", CAMVID11), default=None,
+                        help="classes in the mIoU: 19 (Cityscapes), 16/13 (SYNTHIA mIoU/mIoU*), "
+                             "camvid11 (CamVid's 11 classes; the default with --camvid, else 19)")
     parser.add_argument("--runtime-config", metavar="FILE.yaml",
                         help="iapc-runtime config file (adaptation settings, backend, ...)")
     parser.add_argument("--export-every-steps", type=int, metavar="N",
@@ -53,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
 
 
+def mean_classes(args: argparse.Namespace) -> str:
+    """The classes the mIoU averages: as given, else CamVid's 11 on CamVid, else Cityscapes' 19."""
+    return args.classes or (CAMVID11 if args.camvid is not None else "19")
+
+
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     if args.rate is not None and args.rate <= 0:
         raise UserError(f"--rate must be positive frames per second (or use --fast), got {args.rate}")
@@ -62,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     return ReplayConfig(roots=replay_roots(args), split=args.split or default_split(args),
                         rounds=args.rounds, rate=None if args.fast else rate,
                         checkpoint=args.checkpoint,
-                        model=args.model, input_size=args.input_size, classes=args.classes,
+                        model=args.model, input_size=args.input_size, classes=mean_classes(args),
                         runtime_config=args.runtime_config,
                         export_every_steps=args.export_every_steps, method=args.method,
                         baseline=args.baseline, camvid=args.camvid,

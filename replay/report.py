@@ -15,7 +15,7 @@ import platform
 
 import numpy as np
 
-from iapc.metrics import ConfusionMatrix
+from iapc.metrics import scores_of_matrix
 
 FORGETTING_TOLERANCE = 0.5  # mIoU points a domain may lose from its first to its last round
 MAX_LISTED_MISSING = 50
@@ -29,16 +29,12 @@ def miou_of(matrices: list[np.ndarray], num_classes: int, classes: str) -> float
     """mIoU (percent) of the summed (K, K) confusion matrices; None when there are none."""
     if not matrices:
         return None
-    metric = ConfusionMatrix(num_classes)
-    metric.mat = np.sum(matrices, axis=0)
-    value = metric.compute(classes).miou
+    value = scores_of_matrix(np.sum(matrices, axis=0), classes).miou
     return None if np.isnan(value) else round(100 * value, 3)
 
 
 def class_iou(matrices: list[np.ndarray], num_classes: int, classes: str) -> dict[str, float | None]:
-    metric = ConfusionMatrix(num_classes)
-    metric.mat = np.sum(matrices, axis=0)
-    scores = metric.compute(classes).to_dict()["iou"]
+    scores = scores_of_matrix(np.sum(matrices, axis=0), classes).to_dict()["iou"]
     return {name: (None if v is None else round(100 * v, 3)) for name, v in scores.items()}
 
 

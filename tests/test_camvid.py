@@ -294,3 +294,24 @@ def test_real_camvid_tree():
     image, train_ids = load_sample(dusk_score[0])
     assert image.shape == (360, 480, 3) and train_ids.shape == (360, 480)
     assert read_camvid_ids(dusk_score[0].label).max() <= CAMVID_IGNORE
+
+
+def test_a_train_id_matrix_of_camvid_labels_gives_the_same_camvid_scores_exactly():
+    """The replay scores masks against CamVid labels as train ids (19 x 19); collapsed to CamVid's
+    classes, that matrix must equal scoring the same pixels on CamVid labels directly."""
+    from iapc.labels import camvid_to_train_ids
+    from iapc.metrics import (ConfusionMatrix, camvid_matrix, camvid_scores, scores_of_matrix,
+                              update_camvid)
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, size=(40, 50)).astype(np.uint8)  # CamVid ids, 11 = void
+    predictions = rng.integers(0, 19, size=(40, 50))
+    direct = camvid_matrix()
+    update_camvid(direct, predictions, labels)
+    as_train_ids = ConfusionMatrix(19)
+    as_train_ids.update(predictions, camvid_to_train_ids(labels))
+    collapsed = scores_of_matrix(as_train_ids.mat, "camvid11")
+    expected = camvid_scores(direct)
+    assert collapsed.miou == expected.miou
+    np.testing.assert_array_equal(collapsed.iou, expected.iou)
+
