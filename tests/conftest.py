@@ -32,10 +32,20 @@ def _destroy_open_zmq_contexts() -> int:
         return 0
     with warnings.catch_warnings():  # isinstance on some of torch's lazy objects warns
         warnings.simplefilter("ignore")
-        left = [c for c in gc.get_objects() if isinstance(c, zmq.Context) and not c.closed]
+        left = [c for c in gc.get_objects() if isinstance(c, zmq.Context) and _has_open_sockets(c)]
     for context in left:
         context.destroy(linger=0)
     return len(left)
+
+
+def _has_open_sockets(context) -> bool:
+    """An open context with an open socket (only such a context can block its termination);
+    pyzmq's own garbage-collector context is left to pyzmq."""
+    from zmq.utils.garbage import gc as zmq_garbage
+
+    if context.closed or context is zmq_garbage._context:
+        return False
+    return any(not socket.closed for socket in list(context._sockets))
 
 
 @pytest.hookimpl(hookwrapper=True)
