@@ -24,46 +24,22 @@ the source-only -> oracle gap it closes. Writes ``results.json`` and ``results.m
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import math
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from method_runs import (VARIANTS, finetune_supervised, method_configs, sample_batches,  # this folder
+                         summarise, timed)
 
 from iapc.adapt.checkpoint import load_model
 from iapc.data import find_samples, load_sample
-from iapc.metrics import mean_interval
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size
-from iapc.adapt.losses import PRESETS, LossWeights
 from iapc.adapt.method import AdaptConfig
 from iapc.adapt.offline import RunConfig, adapt_offline
 from iapc.synth import write_domain
-
-# name -> changed fields of the stream preset (ablations of docs/METHOD.md's choices)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "teacher=source": {"teacher": "source"},
-    "teacher=source_bn": {"teacher": "source_bn"},
-    "bn=augmented": {"bn_statistics": "augmented"},
-    "bn=frozen": {"bn_statistics": "frozen"},
-    "rare=released": {"rare_fraction": None},
-    "conf>=0.9": {"min_confidence": 0.9},
-    "lr=3e-4": {"lr": 3e-4},
-    "lr=3e-5": {"lr": 3e-5},
-    "no class balance": {"class_balance": False},
-    "IA only": {"weights": LossWeights(ia=0.2, im=0.0, ps=0.0, pe=0.0)},
-    "im=entropy": {"im": "entropy"},
-    "no photometric": {"photometric": False},
-    "no PE": {"weights": LossWeights(ia=0.2, im=0.5, ps=0.04, pe=0.0)},
-    "classifier x1": {"classifier_lr_mult": 1.0},
-    "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
-    "restore 0.01": {"restore_probability": 0.01},
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,31 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- methods
 
 
-def stream_config(args, seed: int, **changes) -> AdaptConfig:
-    """The stream preset as the runtime runs it, with ``changes`` to its preset fields or to
-    the config (lr, class_balance)."""
-    config_fields = {f.name for f in dataclasses.fields(AdaptConfig)}
-    preset_changes = {k: v for k, v in changes.items() if k not in config_fields}
-    config_changes = {k: v for k, v in changes.items() if k in config_fields}
-    preset = dataclasses.replace(PRESETS["stream"], **preset_changes) if preset_changes else "stream"
-    return AdaptConfig(method="iapc", preset=preset, crop=args.crop, seed=seed, **config_changes)
-
-
-def method_configs(args, seed: int) -> dict[str, tuple[AdaptConfig, str]]:
-    """name -> (config, pseudo-label mode) of every label-free method."""
-    configs = {
-        "source-only": (AdaptConfig(method="none", seed=seed), "online"),
-        "BN-adapt": (AdaptConfig(method="bn", seed=seed), "online"),
-        "TENT": (AdaptConfig(method="tent", seed=seed), "online"),
-        "IAPC (paper)": (AdaptConfig(method="iapc", preset="paper", lr=args.paper_lr, crop=args.crop,
-                                     warmup_iters=0, max_iters=args.iters, seed=seed), "offline"),
-        "IAPC (stream)": (stream_config(args, seed), "online"),
-    }
-    for name in args.variant_list:
-        configs[f"stream, {name}"] = (stream_config(args, seed, **VARIANTS[name]), "online")
-    return configs
-
-
 def run_method(model, train, val, cfg: AdaptConfig, pseudo_labels: str, args, seed: int) -> float:
     iters = 1 if cfg.method == "none" else args.iters
     run_cfg = RunConfig(iters=iters, batch=args.batch, size=args.size, seed=seed, device="cpu",
@@ -123,33 +74,10 @@ def run_method(model, train, val, cfg: AdaptConfig, pseudo_labels: str, args, se
 
 def run_oracle(model, train_labelled, val, args, seed: int) -> float:
     """Supervised fine-tuning on the training images' labels: the ceiling."""
-    import numpy as np
-
-    from iapc.adapt.train_source import supervised_loss
-
-    torch.manual_seed(seed)
-    net = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.oracle_lr, weight_decay=1e-4)
     pairs = [load_sample(s, args.size) for s in train_labelled]
-    rng = np.random.default_rng(seed)
-    for step in range(args.iters):
-        picks = rng.choice(len(pairs), size=args.batch, replace=False)
-        images = torch.from_numpy(np.stack([pairs[i][0] for i in picks]))  # (N, H, W, 3) BGR
-        labels = torch.from_numpy(np.stack([pairs[i][1] for i in picks]))  # (N, H, W)
-        for group in optimizer.param_groups:  # poly decay over the budget
-            group["lr"] = args.oracle_lr * (1 - step / args.iters) ** 0.9
-        loss = supervised_loss(net, images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    net = finetune_supervised(model, sample_batches(pairs, args.batch, seed), args.iters,
+                              args.oracle_lr, seed)
     return evaluate_model(net.eval(), val, size=args.size, batch_size=8, device="cpu")["miou"]
-
-
-def timed(label: str, fn: Callable[[], float]) -> float:
-    started = time.perf_counter()
-    value = fn()
-    print(f"    {label:<28} {100 * value:6.2f}  ({time.perf_counter() - started:.0f} s)", flush=True)
-    return value
 
 
 # ----------------------------------------------------------------------------- one domain
@@ -170,7 +98,8 @@ def run_domain(model, domain: str, seed: int, args) -> dict[str, float]:
     train, val = find_samples(root, "train"), labelled_samples(root, "val")
     print(f"  {domain}, seed {seed}:", flush=True)
     scores = {}
-    for name, (cfg, pseudo_labels) in method_configs(args, seed).items():
+    configs = method_configs(seed, args.crop, args.iters, args.paper_lr, args.variant_list)
+    for name, (cfg, pseudo_labels) in configs.items():
         if name in args.method_list or name.startswith("stream, "):
             scores[name] = timed(name, lambda: run_method(model, train, val, cfg, pseudo_labels,
                                                           args, seed))
@@ -180,25 +109,7 @@ def run_domain(model, domain: str, seed: int, args) -> dict[str, float]:
     return scores
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Per domain (and over all): mean per method, differences with intervals, gap closed."""
-    summary = {}
-    pooled: list[dict[str, float]] = [r for rs in runs.values() for r in rs]
-    for domain, rows in {**runs, "all": pooled}.items():
-        methods = list(rows[0])
-        entry = {"mean": {m: statistics.fmean(r[m] for r in rows) for m in methods}}
-        for ref in ("source-only", "BN-adapt"):
-            if ref in methods:
-                entry[f"vs {ref}"] = {m: mean_interval([r[m] - r[ref] for r in rows]) for m in methods}
-        if "oracle" in methods and "source-only" in methods:
-            gap = entry["mean"]["oracle"] - entry["mean"]["source-only"]
-            entry["gap closed"] = {m: (entry["mean"][m] - entry["mean"]["source-only"]) / gap
-                                   if gap > 0 else math.nan for m in methods}
-        summary[domain] = entry
-    return summary
+# ----------------------------------------------------------------------------- report
 
 
 def markdown(summary: dict[str, Any], args) -> str:
