@@ -87,8 +87,10 @@ def bare_engine_fps(onnx_path: Path, frames: list[np.ndarray], threads: int) -> 
         return len(frames) / (time.perf_counter() - start)
 
 
-def run_runtime(args: list[str], port: int, timeout: float = 600) -> list:
-    """Run iapc-runtime to the end of its source; every mask header it published."""
+def run_runtime(args: list[str], port: int, timeout: float = 600,
+                masks: dict[int, np.ndarray] | None = None) -> list:
+    """Run iapc-runtime to the end of its source; every mask header it published (and, into
+    ``masks`` when given, every mask by frame id)."""
     from iapc.runtime.client import MaskSubscriber
 
     headers = []
@@ -98,9 +100,11 @@ def run_runtime(args: list[str], port: int, timeout: float = 600) -> list:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                header, _mask = sub.receive(timeout=0.5)
+                header, mask = sub.receive(timeout=0.5)
                 header.extra["received_ns"] = time.time_ns()
                 headers.append(header)
+                if masks is not None:
+                    masks[header.frame_id] = mask.copy()
             except TimeoutError:
                 if process.poll() is not None:
                     break
