@@ -18,6 +18,12 @@ LEAK_GRACE_S = 5.0  # how long a test's threads and children get to end after it
 
 def pytest_configure(config):
     faulthandler.dump_traceback_later(SESSION_LIMIT_S, exit=True, file=sys.__stderr__)
+    # every property test draws the same examples on every run and has no time limit per
+    # example: a verdict never depends on chance or on how loaded the machine is
+    from hypothesis import settings
+
+    settings.register_profile("deterministic", derandomize=True, deadline=None, database=None)
+    settings.load_profile("deterministic")
 
 
 def _destroy_open_zmq_contexts() -> int:
