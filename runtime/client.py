@@ -119,20 +119,20 @@ class MaskSubscriber:
         self._closed = False
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
-        self._socket = self._open_socket(address, rcvhwm)
-        # Handshake failures are invisible to a SUB socket (it just receives nothing): watch
-        # them, so that a timeout can say "this runtime needs CURVE keys" instead of "not running".
         self.handshake_failure: str | None = None
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._handshake_news = False  # a failure not yet reported to a waiting receive()
+        self._socket, self._monitor = self._open_socket(address, rcvhwm)
         # The socket is created and connected here so that a bad address fails in the caller;
         # from now on only the receive thread touches it (ZeroMQ sockets are not thread-safe).
         self._thread = threading.Thread(target=self._receive_loop, name="mask-subscriber",
                                         daemon=True)
         self._thread.start()
 
-    def _open_socket(self, address: str, rcvhwm: int) -> zmq.Socket:
+    def _open_socket(self, address: str, rcvhwm: int) -> tuple[zmq.Socket, zmq.Socket]:
+        """The connected SUB socket and its monitor. Handshake failures are invisible to a SUB
+        socket (it just receives nothing): the monitor watches them, attached before the
+        connect so that a refusal in the first milliseconds is not missed, and a timeout can say
+        "this runtime needs CURVE keys" instead of "not running"."""
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.RCVHWM, rcvhwm)
         socket.setsockopt(zmq.LINGER, 0)
@@ -143,9 +143,14 @@ class MaskSubscriber:
             from iapc.runtime.security import secure_client_socket
 
             secure_client_socket(socket, server_key, client_keys)
+        monitor = socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         try:
             socket.connect(address)
         except zmq.ZMQError as err:
+            socket.disable_monitor()
+            monitor.close()
             socket.close()
             if self._own_context:
                 self._context.term()
@@ -154,7 +159,7 @@ class MaskSubscriber:
                 f"cannot connect to {address!r}: {err.strerror}; use tcp://HOST:PORT, e.g. "
                 f"{DEFAULT_ADDRESS}"
             ) from err
-        return socket
+        return socket, monitor
 
     # -- receive thread -------------------------------------------------------------------
 
@@ -179,17 +184,23 @@ class MaskSubscriber:
             self._socket.close()
 
     def _note_handshake_failure(self) -> None:
+        """Records why the runtime refused the connection and wakes a waiting receive(): keys
+        that do not match will not match on the next try either, so nobody waits out a timeout
+        for nothing."""
         from zmq.utils.monitor import recv_monitor_message
 
         event = recv_monitor_message(self._monitor)
         curve = self._curve[0] is not None
-        self.handshake_failure = (
+        reason = (
             "the runtime refused this client's CURVE keys: add its public key to the runtime's "
             "authorized/ folder ('iapc keys') and pass the runtime's server.key" if curve else
             "the runtime requires CURVE encryption: pass its public key and this client's key "
             "pair (iapc subscribe --curve-server-key server.key --curve-client-secret "
             "NAME.key_secret)")
-        self.handshake_failure += f" (handshake event {event['event']})"
+        with self._ready:
+            self.handshake_failure = f"{reason} (handshake event {event['event']})"
+            self._handshake_news = True
+            self._ready.notify_all()
 
     def _drain(self) -> None:
         """Take every queued message, so the newest one is what stays."""
@@ -260,6 +271,10 @@ class MaskSubscriber:
                     return self._pending[first].popleft()[1]
                 if self._closed:
                     raise RuntimeError("MaskSubscriber is closed")
+                if self._handshake_news:  # each refusal ends one wait, with its reason
+                    self._handshake_news = False
+                    raise TimeoutError(f"no {' or '.join(t.decode() for t in topics)} message "
+                                       f"from {self.address}: {self.handshake_failure}")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     names = " or ".join(t.decode() for t in topics)

@@ -262,6 +262,7 @@ def test_a_client_without_curve_keys_is_told_to_use_them(tmp_path):
 
         parser = argparse.ArgumentParser()
         subscribe_cli.add_arguments(parser)
-        args = parser.parse_args(["--address", pub.endpoint, "--count", "1", "--timeout", "2"])
+        # the refusal ends the wait as soon as the handshake fails: the timeout is only a bound
+        args = parser.parse_args(["--address", pub.endpoint, "--count", "1", "--timeout", "60"])
         with pytest.raises(UserError, match="requires CURVE encryption: pass its public key"):
             subscribe_cli.run(args)
