@@ -119,6 +119,8 @@ class CaptureSource(FrameSource):
         return image if ok and image is not None else None
 
     def frames(self) -> Iterator[Frame]:
+        if not self.camera and self._capture.get(cv2.CAP_PROP_POS_FRAMES) > 0:
+            self.reopen()  # another pass (--loop) starts from the file's first frame
         index = 0
         while True:
             image = self.read()
@@ -380,13 +382,14 @@ class CaptureThread(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stop_event.is_set():
+                before = self.captured
                 try:
                     if self._pump():
                         return
                 except SourceOutage as err:
                     self._recover(str(err))
                     continue
-                if not self.loop or self.captured == 0:
+                if not self.loop or self.captured == before:  # a pass without frames ends it
                     return
         finally:
             with self._cond:
