@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=8.0, help="pace of both runs")
     parser.add_argument("--loops", type=int, default=3, help="passes over the video")
     parser.add_argument("--picks", type=int, default=3, help="frames drawn from the last pass")
+    parser.add_argument("--export-every-steps", type=int, default=20,
+                        help="adaptation updates between engine exports in the adapted run")
     parser.add_argument("--scale", type=float, default=0.5, help="size of the picture's tiles")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
@@ -82,7 +84,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_runtime([*common, "--no-adapt", "--run-dir", f"{tmp}/source"], free_loopback_port(),
                     timeout=3 * total / args.fps + 300, masks=source)
-        headers = run_runtime([*common, "--run-dir", f"{tmp}/adapted"], free_loopback_port(),
+        headers = run_runtime([*common, "--export-every-steps", str(args.export_every_steps),
+                               "--run-dir", f"{tmp}/adapted"], free_loopback_port(),
                               timeout=3 * total / args.fps + 300, masks=adapted)
     last_pass = total - len(frames)
     picks = [last_pass + int(len(frames) * (k + 1) / (args.picks + 1)) for k in range(args.picks)]
