@@ -340,8 +340,9 @@ def make_source(kind: str, location: str, size: tuple[int, int], seed: int = 0,
         return camvid_source(location)
     if kind == "synthetic":
         return SyntheticSource(location, size, seed)
-    raise UserError(f"unknown source kind {kind!r}: use camera, video, images, cityscapes, camvid "
-                    "or synthetic")
+    from iapc.runtime.config import SOURCE_KINDS
+
+    raise UserError(f"unknown source kind {kind!r}: use one of {', '.join(SOURCE_KINDS)}")
 
 
 class CaptureThread(threading.Thread):
