@@ -66,7 +66,8 @@ def ship(model: str = "tiny", checkpoint: Path | None = None, iters: int = EMBED
 
     from iapc.adapt.checkpoint import load_model
     from iapc.adapt.evaluate import evaluate_model, labelled_samples
-    from iapc.shipped import manifest_path, sha256_of, weights_path
+    from iapc.files import sha256_of
+    from iapc.shipped import manifest_path, weights_path
 
     out = weights_path(model)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,12 @@ from iapc.adapt.methods import deployed, make_adapter
 from iapc.errors import UserError, run_cli
 from iapc.daemon.buffer import FrameBuffer
 from iapc.daemon.domains import DomainBank, Shift
+from iapc.daemon.engine_health import score_engine
 from iapc.daemon.health import check_health
 from iapc.export.deploy import Candidate, DeployOptions, deploy
+from iapc.export.engines import engine_target
+from iapc.export.parity import min_agreement_for
+from iapc.export.runner_base import Runner
 from iapc.export.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
 from iapc.runtime.handoff import EventSender, FrameReceiver
@@ -95,6 +99,10 @@ class AdaptationDaemon:
         self.run_dir = cfg.resolved_run_dir()
         self.state_path = self.run_dir / run_folder.ADAPTATION_STATE
         self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
+        # the engine the inference process will serve: built, gated and stored here
+        self.target = engine_target(cfg.backend, cfg.precision)
+        self.min_agreement = min_agreement_for(cfg.adaptation.min_agreement,
+                                               self.target.reduced_precision)
         model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
         self.device = adaptation_device(cfg)
         self.method = method_config(cfg, self.device)
@@ -218,7 +226,7 @@ class AdaptationDaemon:
         failed, the engine in service stays and the export is retried later)."""
         started = time.perf_counter()
         options = DeployOptions(frame_size=self.cfg.input_size, confidence=self.cfg.confidence,
-                                min_agreement=self.cfg.adaptation.min_agreement,
+                                min_agreement=self.min_agreement, target=self.target,
                                 parity_source="stream")
         try:
             # eval mode: export the running BN statistics, not batch statistics
@@ -251,15 +259,18 @@ class AdaptationDaemon:
                          method=self.method.method, step=self.step_count,
                          config=self.cfg.to_dict(), extra={"losses": self.losses})
 
-    def health_gate(self, network: torch.nn.Module):
-        """The health report of the candidate, or None when the gate is off or has no frames."""
+    def health_gate(self, network: torch.nn.Module, engine: Runner):
+        """The health report of the candidate's weights and of its ``engine`` (the one to be
+        served, :mod:`iapc.daemon.engine_health`), or None when the gate is off or has no
+        frames."""
         frames = self.frames.health_frames()
         untouched = self.step_count == 0 and self.statistics_updates == 0
         if not self.cfg.health.enabled or frames is None or untouched:
             return None  # the source model itself (at most recalibrated): nothing to compare
         with deployed(self.adapter.memory_network()) as memory:
-            return check_health(network, self.serving, self.adapter.source, memory, frames,
-                                self.cfg.health)
+            report = check_health(network, self.serving, self.adapter.source, memory, frames,
+                                  self.cfg.health)
+        return score_engine(report, engine, network, frames, self.cfg.health, self.min_agreement)
 
     def export_due(self) -> bool:
         a = self.cfg.adaptation

@@ -1,8 +1,9 @@
-"""``iapc export``: checkpoint -> ONNX (-> TensorRT engine) -> parity gate -> engine store.
+"""``iapc export``: checkpoint -> ONNX -> the backend's engine -> parity gate -> engine store.
 
     iapc export --checkpoint run/source.pth --store run/engines --frame-size 1024x512
 
-The engine is published only if its masks agree with the PyTorch model's on recorded frames
+The engine built for ``--backend`` and ``--precision`` here (:mod:`iapc.export.engines`) is the one
+gated and stored; it is published only if its masks agree with the PyTorch model's on recorded frames
 (``--frames DIR``) or on generated street-like frames (``--frames synthetic``, the default).
 """
 
@@ -12,7 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+from iapc.export.engines import BACKENDS, PRECISIONS
+
 PARITY_FRAMES = 4
 
 
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (iapc or released IAPC/AdvEnt)")
     parser.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
     parser.add_argument("--backend", default="auto",
-                        help=f"one of {', '.join(BACKEND_CHOICES)} (default auto: TensorRT if present, "
+                        help=f"one of {', '.join(BACKENDS)} (default auto: TensorRT if present, "
                              "else ONNX Runtime)")
     parser.add_argument("--store", required=True, help="engine store folder (created if missing)")
     parser.add_argument("--frame-size", default=None,
@@ -32,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parity gate threshold, 0..1 (default 0.995, or 0.99 for fp16 engines)")
     parser.add_argument("--frames", default="synthetic",
                         help="folder of recorded images for the parity gate, or 'synthetic' (default)")
-    parser.add_argument("--fp32", action="store_true", help="TensorRT: build in fp32 instead of fp16")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="engine precision (default auto: fp16 with TensorRT, fp32 with ONNX "
+                             "Runtime)")
+    parser.add_argument("--fp32", action="store_true", help="the same as --precision fp32")
     parser.add_argument("--keep", type=int, default=5, help="versions kept in the store (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 
@@ -63,23 +68,23 @@ def run(args: argparse.Namespace) -> int:
     from iapc.errors import UserError
     from iapc.export.deploy import Candidate, DeployOptions, deploy
     from iapc.export.parity import default_min_agreement
-    from iapc.export.runners import resolve_backend
+    from iapc.export.engines import engine_target
     from iapc.export.store import EngineStore
     from iapc.options import parse_size
 
-    backend = resolve_backend(args.backend)
     _check_arguments(args)
+    target = engine_target(args.backend, "fp32" if args.fp32 else args.precision)
     model, meta = load_model(args.checkpoint, args.model)
     frame_size = input_size_for(meta, parse_size(args.frame_size) if args.frame_size else None,
                                 "--frame-size")
     frames = _parity_frames(args.frames, frame_size)
     model.eval()
     store = EngineStore(args.store, keep=args.keep)
-    reduced_precision = backend == "tensorrt" and not args.fp32
-    options = DeployOptions(frame_size=frame_size, backend=backend, fp16=not args.fp32,
+    options = DeployOptions(frame_size=frame_size, target=target,
                             confidence=args.confidence, dynamic_batch=args.dynamic_batch,
                             threads=args.threads, parity_source=args.frames,
-                            min_agreement=args.min_agreement or default_min_agreement(reduced_precision))
+                            min_agreement=args.min_agreement or default_min_agreement(
+                                target.reduced_precision))
     candidate = Candidate(model, model=meta["model"], num_classes=meta["num_classes"],
                           method=meta.get("method") or "none", step=meta["step"],
                           config=meta["config"],
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                         "checkpoint and export, or lower --min-agreement")
     version, report, timing = result.version, result.parity, result.timing
     print(f"published {version.name} to {store.root}: {meta['model']} {frame_size[0]}x{frame_size[1]}, "
-          f"backend {backend}, {report.message} on {report.frames} frames, "
+          f"{target.describe()}, {report.message} on {report.frames} frames, "
           f"export {timing['export_s']:.2f} s, engine ready {timing['ready_s']:.2f} s, "
           f"{report.runner_ms:.1f} ms/frame")
     return 0

@@ -1,10 +1,14 @@
 """The deployment pipeline, one for ``iapc export`` and the adaptation daemon:
 
-    network -> ONNX -> engine (TensorRT, or the ONNX file for ONNX Runtime) -> parity gate
-            -> health gate (the daemon's) -> engine store (one manifest schema) -> Deployment
+    network -> ONNX -> the target's engine (:mod:`iapc.export.engines`: a TensorRT engine, or the
+            ONNX file ONNX Runtime serves) -> parity gate on that engine -> health gate (the
+            daemon's, given that engine too) -> engine store (one manifest schema, naming the
+            target) -> Deployment
 
-Nothing reaches the store unless both gates pass; the caller announces a published version
-(the daemon to the inference process, ``iapc export`` on the terminal) or reports the rejection.
+The engine that is gated is the engine that is stored and served: it is built here, in the
+daemon's process or ``iapc export``'s, never in the inference process. Nothing reaches the store
+unless both gates pass; the caller announces a published version (the daemon to the inference
+process, ``iapc export`` on the terminal) or reports the rejection.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
+from iapc.export.engines import EngineTarget, build_engine, gate_runner
 from iapc.export.manifest import engine_manifest
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import ParityReport, check_parity
+from iapc.export.runner_base import Runner
+
+TIMING_CACHE = "timing.cache"  # in the store's root: TensorRT rebuilds after adaptation reuse it
 
 
 @dataclass
@@ -38,9 +46,8 @@ class Candidate:
 @dataclass
 class DeployOptions:
     frame_size: tuple[int, int]  # (W, H) the engine takes
-    min_agreement: float
-    backend: str = "onnxruntime"  # "tensorrt" builds an engine; anything else ships the ONNX file
-    fp16: bool = True  # TensorRT precision
+    min_agreement: float  # the parity gate's bound for this target's precision
+    target: EngineTarget  # the engine built, gated and stored (iapc.export.engines.engine_target)
     confidence: bool = False
     dynamic_batch: bool = False
     threads: int | None = 1  # ONNX Runtime intra-op threads of the parity check
@@ -57,64 +64,45 @@ class Deployment:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-# (network) -> HealthReport-like (``passed``, ``message``, ``figures``) or None (gate not run)
-HealthGate = Callable[[nn.Module], Any]
+# (network, the active runner of the engine to be served) -> HealthReport-like (``passed``,
+# ``message``, ``figures``) or None (gate not run)
+HealthGate = Callable[[nn.Module, Runner], Any]
 
 
 def deploy(candidate: Candidate, store, frames: np.ndarray, options: DeployOptions, work: Path,
            health_gate: HealthGate | None = None, beat: Callable[[], None] = lambda: None
            ) -> Deployment:
-    """Export ``candidate`` into ``work``, gate it on ``frames`` (uint8 (N, H, W, 3) BGR) and
-    publish it to ``store``. ``beat`` is called between the slow stages (the daemon's
-    heartbeat)."""
+    """Export ``candidate`` into ``work``, build the target's engine, gate it on ``frames``
+    (uint8 (N, H, W, 3) BGR) and publish it to ``store``. ``beat`` is called between the slow
+    stages (the daemon's heartbeat)."""
     started = time.perf_counter()
     onnx_path = export_onnx(candidate.network, work / "model.onnx", frame_size=options.frame_size,
                             dynamic_batch=options.dynamic_batch, confidence=options.confidence,
                             model_name=candidate.model)
     export_s = time.perf_counter() - started
     beat()
-    engine_path = (build_engine(onnx_path, work, store.root, options.fp16)
-                   if options.backend == "tensorrt" else None)
-    with make_gate_runner(onnx_path, engine_path, options) as runner:
-        ready_s = time.perf_counter() - started  # session creation / engine load included
-        parity = check_parity(runner, candidate.network, frames, options.min_agreement)
-    timing = {"export_s": round(export_s, 3), "ready_s": round(ready_s, 3),
-              "latency_ms": round(parity.runner_ms, 3)}
-    if not parity.passed:
-        return Deployment(None, parity, rejected_by="parity", reason=parity.message, timing=timing)
+    built = build_engine(onnx_path, work, options.target, timing_cache=store.root / TIMING_CACHE)
+    build_s = time.perf_counter() - started - export_s
     beat()
-    health = health_gate(candidate.network) if health_gate is not None else None
+    with gate_runner(built, threads=options.threads) as runner:
+        ready_s = time.perf_counter() - started  # build and session creation / engine load
+        parity = check_parity(runner, candidate.network, frames, options.min_agreement)
+        timing = {"export_s": round(export_s, 3), "build_s": round(build_s, 3),
+                  "ready_s": round(ready_s, 3), "latency_ms": round(parity.runner_ms, 3)}
+        if not parity.passed:
+            return Deployment(None, parity, rejected_by="parity", reason=parity.message,
+                              timing=timing)
+        beat()
+        health = health_gate(candidate.network, runner) if health_gate is not None else None
     figures = health.figures if health is not None else None
     if health is not None and not health.passed:
         return Deployment(None, parity, figures, "health", health.message, timing)
     beat()
-    version = store.publish(onnx_path, engine_path, manifest_extra=engine_manifest(
+    version = store.publish(built.onnx_path, built.engine_path, manifest_extra=engine_manifest(
         model=candidate.model, num_classes=candidate.num_classes, method=candidate.method,
         step=candidate.step, input_size=options.frame_size, config=candidate.config,
         parity={"agreement": parity.agreement, "min_agreement": parity.min_agreement,
                 "frames": parity.frames, "source": options.parity_source},
-        health=figures, backend=options.backend,
-        precision="fp16" if options.backend == "tensorrt" and options.fp16 else "fp32",
-        confidence=options.confidence, dynamic_batch=options.dynamic_batch, timing=timing,
-        **candidate.extra))
+        health=figures, **options.target.manifest_fields(), confidence=options.confidence,
+        dynamic_batch=options.dynamic_batch, timing=timing, **candidate.extra))
     return Deployment(version, parity, figures, timing=timing)
-
-
-def build_engine(onnx_path: Path, work: Path, store_root: Path, fp16: bool) -> Path:
-    """A TensorRT engine of ``onnx_path`` (the store's timing cache speeds up rebuilds)."""
-    from iapc.export.runner_tensorrt import EngineFromOnnx, SaveEngine
-
-    engine_path = work / "model.engine"
-    SaveEngine(EngineFromOnnx(onnx_path, fp16=fp16, timing_cache=store_root / "timing.cache"),
-               engine_path)()
-    return engine_path
-
-
-def make_gate_runner(onnx_path: Path, engine_path: Path | None, options: DeployOptions):
-    """The runner the parity gate checks: the engine that will be served."""
-    from iapc.export.runners import OnnxRuntimeRunner, TensorRTRunner
-
-    if engine_path is not None:
-        return TensorRTRunner(engine_path)
-    # onnxruntime and torch both deploy the ONNX file: the gate checks that file
-    return OnnxRuntimeRunner(onnx_path, intra_op_threads=options.threads)

@@ -9,8 +9,11 @@ Keys:
 - ``parity``: ``{"agreement", "min_agreement", "frames", "source"}`` of the parity gate;
 - ``health``: the health gate's figures, or None when it did not run (``iapc export``, the first
   engine of a run);
-- ``timing``: ``{"export_s", "ready_s", "latency_ms"}`` where measured;
-- ``backend``, ``precision``, ``confidence``, ``dynamic_batch``;
+- ``timing``: ``{"export_s", "build_s", "ready_s", "latency_ms"}`` where measured (``build_s``:
+  the engine build, ``ready_s``: export, build and load until the gate could run it);
+- ``backend``, ``precision``, ``device``: the engine target the version was built and gated for
+  (:mod:`iapc.export.engines`; the inference process serves only its own target);
+- ``confidence``, ``dynamic_batch``;
 - ``config``: the resolved config the weights were made with; ``losses``: the last step's.
 """
 
@@ -24,14 +27,14 @@ INPUT_SIZE_KEY = "input_size"
 def engine_manifest(*, model: str, num_classes: int, method: str, step: int,
                     input_size: tuple[int, int], parity: dict[str, Any],
                     health: dict[str, Any] | None, config: dict[str, Any],
-                    backend: str = "onnxruntime", precision: str = "fp32",
+                    backend: str = "onnxruntime", precision: str = "fp32", device: str = "",
                     confidence: bool = False, dynamic_batch: bool = False,
                     timing: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
     """The manifest fields of one engine version (``EngineStore.publish(manifest_extra=...)``)."""
     return {"model": model, "num_classes": int(num_classes), "method": method, "step": int(step),
             INPUT_SIZE_KEY: [int(input_size[0]), int(input_size[1])], "parity": parity,
             "health": health, "timing": timing or {}, "backend": backend,
-            "precision": precision, "confidence": bool(confidence),
+            "precision": precision, "device": device, "confidence": bool(confidence),
             "dynamic_batch": bool(dynamic_batch), "config": config, **extra}
 
 

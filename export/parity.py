@@ -41,6 +41,12 @@ def default_min_agreement(reduced_precision: bool) -> float:
     return REDUCED_PRECISION_MIN_AGREEMENT if reduced_precision else FP32_MIN_AGREEMENT
 
 
+def min_agreement_for(configured: float, reduced_precision: bool) -> float:
+    """The bound an engine must meet: ``configured``, and for a reduced-precision (fp16) engine
+    at most :data:`REDUCED_PRECISION_MIN_AGREEMENT` (fp16 flips a few boundary pixels)."""
+    return min(configured, REDUCED_PRECISION_MIN_AGREEMENT) if reduced_precision else configured
+
+
 def _report(agreement: float, min_agreement: float, frames: int, runner_ms: float) -> ParityReport:
     passed = agreement >= min_agreement
     if passed:
@@ -64,12 +70,25 @@ def _masks(runner: Runner, frames: np.ndarray) -> tuple[list[np.ndarray], float]
     return masks, float(np.median(times)) * 1000.0
 
 
-def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterable[np.ndarray],
-                 min_agreement: float = FP32_MIN_AGREEMENT) -> ParityReport:
-    """Compare ``runner``'s masks with PyTorch's on ``frames`` (uint8 (N, H, W, 3) BGR).
+@dataclass(frozen=True)
+class MaskComparison:
+    """PyTorch's masks and a runner's on the same frames."""
 
-    ``runner`` is activated (and deactivated afterwards) if it is not active yet.
-    """
+    expected: list[np.ndarray]  # PyTorch's uint8 (H, W) masks
+    got: list[np.ndarray]  # the runner's
+    runner_ms: float  # median per-frame latency of the runner
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of pixels whose class ids are equal, 0..1."""
+        equal = sum(int((a == b).sum()) for a, b in zip(self.expected, self.got))
+        return equal / sum(a.size for a in self.expected)
+
+
+def compare_masks(runner: Runner, model: "nn.Module",
+                  frames: np.ndarray | Iterable[np.ndarray]) -> MaskComparison:
+    """``runner``'s masks and PyTorch's on ``frames`` (uint8 (N, H, W, 3) BGR); ``runner`` is
+    activated (and deactivated afterwards) if it is not active yet."""
     frames = frames if isinstance(frames, np.ndarray) else np.stack(list(frames))
     check_frames(frames)
     if len(frames) == 0:
@@ -83,9 +102,18 @@ def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterab
     finally:
         if not was_active:
             runner.deactivate()
-    equal = sum(int((a == b).sum()) for a, b in zip(expected, got))
-    total = sum(a.size for a in expected)
-    return _report(equal / total, min_agreement, len(frames), runner_ms)
+    return MaskComparison(expected, got, runner_ms)
+
+
+def check_parity(runner: Runner, model: "nn.Module", frames: np.ndarray | Iterable[np.ndarray],
+                 min_agreement: float = FP32_MIN_AGREEMENT) -> ParityReport:
+    """Compare ``runner``'s masks with PyTorch's on ``frames`` (uint8 (N, H, W, 3) BGR).
+
+    ``runner`` is activated (and deactivated afterwards) if it is not active yet.
+    """
+    comparison = compare_masks(runner, model, frames)
+    return _report(comparison.agreement, min_agreement, len(comparison.expected),
+                   comparison.runner_ms)
 
 
 def load_frames(folder: str | os.PathLike, frame_size: tuple[int, int], limit: int = 8) -> np.ndarray:

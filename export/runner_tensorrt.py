@@ -68,6 +68,15 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
+def tensorrt_device(index: int = 0) -> str:
+    """What a TensorRT engine built here is bound to: the GPU, its compute capability and the
+    TensorRT version (an engine runs only where all three match)."""
+    trt = import_tensorrt()
+    props = _check_cuda(import_cudart().cudaGetDeviceProperties(index))
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return f"{name.rstrip(chr(0)).strip()} sm_{props.major}{props.minor}, TensorRT {trt.__version__}"
+
+
 def _check_cuda(result: tuple) -> Any:
     """cuda-python calls return (error, *values): raise on error, return the value(s)."""
     cudart = import_cudart()

@@ -1,46 +1,29 @@
-"""One entry point for every backend: :func:`make_runner`.
+"""One entry point for every backend, for tools and checks: :func:`make_runner`.
 
-Importing this module imports neither torch nor tensorrt; each runner imports its library in
-``activate()``. ``auto`` picks TensorRT when it is installed and a GPU exists, then ONNX Runtime
-on CUDA, then ONNX Runtime on the CPU (the embedded default on a machine without a GPU).
+The inference process does not use it: it serves a store version through
+:func:`iapc.export.engines.serving_runner`, which never builds an engine. Importing this module
+imports neither torch nor tensorrt; each runner imports its library in ``activate()``. ``auto``
+picks TensorRT when it is installed and a GPU exists, then ONNX Runtime on CUDA, then ONNX
+Runtime on the CPU (the embedded default on a machine without a GPU).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import TYPE_CHECKING
 
 from iapc.errors import UserError
+from iapc.export.engines import BACKENDS, resolve_backend
 from iapc.export.runner_base import Runner
 from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
-from iapc.export.runner_tensorrt import EngineFromOnnx, TensorRTRunner, tensorrt_available
+from iapc.export.runner_tensorrt import EngineFromOnnx, TensorRTRunner
 from iapc.export.runner_torch import TorchRunner
 
 if TYPE_CHECKING:
     from torch import nn
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 __all__ = ["BACKENDS", "OnnxRuntimeRunner", "Runner", "TensorRTRunner", "TorchRunner",
            "make_runner", "resolve_backend"]
-
-
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> the best backend present; a named one is checked to be usable here."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "tensorrt" if tensorrt_available()[0] else "onnxruntime"
-    if backend == "tensorrt":
-        ok, why = tensorrt_available()
-        if not ok:
-            raise UserError(f"--backend tensorrt needs the tensorrt package and an NVIDIA GPU ({why} "
-                            "here); use --backend onnxruntime")
-    if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
-        raise UserError("--backend onnxruntime needs the onnxruntime package: pip install onnxruntime")
-    if backend == "torch" and importlib.util.find_spec("torch") is None:
-        raise UserError("--backend torch needs PyTorch: pip install torch, or use --backend onnxruntime")
-    return backend
 
 
 def make_runner(backend: str = "auto", onnx_path: str | os.PathLike | None = None,

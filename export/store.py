@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
+from iapc.files import CHUNK as _CHUNK, sha256_of
 
 FORMAT = "iapc-engine-store/1"
 ONNX_FILE = "model.onnx"
@@ -39,7 +40,6 @@ MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "CURRENT"
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 _RESERVED_KEYS = {"format", "version", "created", "files"}
-_CHUNK = 1 << 20
 log = logging.getLogger(__name__)
 
 
@@ -84,14 +84,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy_durably(src: Path, dst: Path) -> dict[str, Any]:

@@ -8,12 +8,12 @@ shipped model of ``--model`` at once; a model without shipped weights is trained
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
+from iapc.files import sha256_of
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
@@ -24,14 +24,6 @@ def weights_path(model: str) -> Path:
 
 def manifest_path(model: str) -> Path:
     return WEIGHTS_DIR / f"source_{model}.json"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_manifest(model: str) -> dict[str, Any] | None:

@@ -213,8 +213,10 @@ def checkpoint_facts(checkpoint: str, cfg: RuntimeConfig) -> dict:
 
 
 def check_store_fits(cfg: RuntimeConfig) -> None:
-    """A store whose engines take another input size would be refused frame after frame by the
-    inference loop: refuse it here, once, with what to do."""
+    """A store whose engines take another input size, or were built for another engine target
+    (backend, precision, device), would be refused version after version by the inference
+    process: refuse it here, once, with what to do."""
+    from iapc.export.engines import engine_target, misfit
     from iapc.export.manifest import manifest_input_size
     from iapc.export.store import EngineStore
 
@@ -222,11 +224,22 @@ def check_store_fits(cfg: RuntimeConfig) -> None:
     if not store.is_dir():
         return
     current = EngineStore(store).current()
-    size = manifest_input_size(current.manifest) if current is not None else None
+    if current is None:
+        return
+    size = manifest_input_size(current.manifest)
     if size is not None and tuple(size) != tuple(cfg.input_size):
         raise UserError(f"engine store {store} serves {current.name} for {size[0]}x{size[1]} "
                         f"input, the runtime runs at {cfg.input_size[0]}x{cfg.input_size[1]}: pass "
                         f"--input-size {size[0]}x{size[1]}, or a new --store (or --run-dir)")
+    target = engine_target(cfg.backend, cfg.precision)
+    reason = misfit(current.manifest, target)
+    if reason is not None:
+        built = current.manifest.get("backend") or "onnxruntime"
+        precision = current.manifest.get("precision") or "fp32"
+        same_kind = (built, precision) == (target.backend, target.precision)
+        serve_it = "" if same_kind else f"--backend {built} --precision {precision} to serve it, or "
+        raise UserError(f"engine store {store} serves {current.name}, {reason}: pass {serve_it}"
+                        "a new --store (or --run-dir) to build this runtime's engines")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
+from iapc.export.engines import BACKENDS, PRECISIONS
 from iapc.method_config import AdaptConfig
 from iapc.options import parse_size as _parse_size
 from iapc.settings import check, from_plain, setting, to_plain
@@ -25,7 +26,6 @@ def default_cache_dir() -> Path:
 
 
 SOURCE_KINDS = ("camera", "video", "images", "cityscapes", "camvid", "synthetic")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 @dataclass
@@ -136,6 +136,10 @@ class RuntimeConfig:
     checkpoint: str | None = setting(None, "source checkpoint (default: the embedded synthetic one)")
     num_classes: int = setting(19, "classes of the model", minimum=1, maximum=255)
     backend: str = setting("auto", "engine backend", choices=BACKENDS)
+    # The engine is built, gated and stored at this precision (iapc.export.engines); the parity
+    # gate's bound is adaptation.min_agreement, at most REDUCED_PRECISION_MIN_AGREEMENT for fp16.
+    precision: str = setting("auto", "engine precision: auto (fp16 with TensorRT, fp32 with ONNX "
+                             "Runtime), fp16 or fp32", choices=PRECISIONS)
     # None: the size the checkpoint was trained at (recorded in it), else 1024x512.
     input_size: tuple[int, int] | None = setting(None, "engine input WIDTHxHEIGHT (default: the "
                                                  "checkpoint's training size)", minimum=32)

@@ -29,13 +29,15 @@ log = logging.getLogger("iapc.runtime.inference")
 
 
 def make_runner_loader(cfg: RuntimeConfig):
-    """Store version -> inactive runner for the configured backend (TensorRT, ONNX Runtime)."""
-    from iapc.export.runners import make_runner
+    """Store version -> inactive runner of the engine stored in it, for this process's engine
+    target (backend, precision, device). A version built for another target, or a TensorRT
+    version without its engine, raises: the engine manager rejects it. Nothing is built here."""
+    from iapc.export.engines import engine_target, serving_runner
+
+    target = engine_target(cfg.backend, cfg.precision)
 
     def load(version):
-        return make_runner(cfg.backend, onnx_path=version.onnx_path,
-                           engine_path=version.engine_path, threads=cfg.inference_threads,
-                           confidence=cfg.confidence)
+        return serving_runner(version, target, threads=cfg.inference_threads)
 
     return load
 

@@ -71,17 +71,16 @@ def prepare_run_dir(cfg: RuntimeConfig) -> Path:
 def source_engine_store(cfg: RuntimeConfig, checkpoint: str) -> Path:
     """The store of the engine exported from ``checkpoint`` as it is, made once and reused.
 
-    Keyed by the file's content and the export settings, so another checkpoint or input size
-    gets its own engine and the adapted store is never touched.
+    Keyed by the file's content, the input size and the engine target (backend, precision,
+    device), so another checkpoint, size or target gets its own engine and the adapted store is
+    never touched.
     """
-    import hashlib
+    from iapc.export.engines import engine_target
+    from iapc.files import sha256_of
 
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     width, height = cfg.input_size
-    key = (f"{digest.hexdigest()[:16]}-{cfg.model}-{width}x{height}-{cfg.backend}"
+    target = engine_target(cfg.backend, cfg.precision)
+    key = (f"{sha256_of(Path(checkpoint))[:16]}-{cfg.model}-{width}x{height}-{target.key()}"
            f"{'-conf' if cfg.confidence else ''}")
     return cfg.resolved_run_dir() / "source-engines" / key
 
@@ -96,7 +95,7 @@ def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> No
     width, height = cfg.input_size
     command = [sys.executable, "-c", "from iapc.cli import main; main()", "export",
                "--checkpoint", checkpoint, "--store", str(store), "--frame-size", f"{width}x{height}",
-               "--backend", cfg.backend, "--keep", "1"]
+               "--backend", cfg.backend, "--precision", cfg.precision, "--keep", "1"]
     command += ["--model", cfg.model] if cfg.model else []
     command += ["--confidence"] if cfg.confidence else []
     log_path = cfg.resolved_run_dir() / "export.log"

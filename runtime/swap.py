@@ -6,8 +6,11 @@ activates it and warms it on a frame of the input size. Only then is it offered 
 which switches between two frames with :meth:`EngineManager.activate_pending`; the old runner is
 deactivated later by the watcher thread, never while a frame may use it.
 
-TensorRT: each version is its own engine object, so no engine is ever refit while work is
-queued on it; the store's standby engine is what gets refit or rebuilt.
+Only stored engines are served: the runner loader (:func:`iapc.export.engines.serving_runner`)
+loads the file the daemon built and gated for this process's target and refuses any other, so
+nothing is built here. With TensorRT each version is a fresh engine the daemon built (the store's
+timing cache shortens rebuilds), deserialised here into its own engine object; no engine is
+refit, and none in use ever changes.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ class EngineManager:
 
     def _prepare(self, version) -> ReadyEngine | None:
         start = time.perf_counter()
-        runner = self.load_runner(version)
+        runner = None
         try:
+            runner = self.load_runner(version)  # refuses a version built for another target
             runner.activate()
             self._warm(runner)
-        except Exception as err:  # a corrupt engine must not take the loop down
+        except Exception as err:  # a corrupt or foreign engine must not take the loop down
             self._reject(version.number, f"{type(err).__name__}: {str(err)[:300]}")
-            runner.deactivate()
+            if runner is not None:
+                runner.deactivate()
             return None
         return ReadyEngine(version.number, runner, time.perf_counter() - start)
 

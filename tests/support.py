@@ -11,10 +11,12 @@ from iapc.replay.launch import runtime_executable
 from iapc.replay.record import Collector
 from iapc.runtime.client import MaskSubscriber
 
-__all__ = ["Collector", "Events", "FRAMES", "cityscapes_eval_args", "collect", "free_port", "runtime_args", "runtime_command",
+__all__ = ["Collector", "Events", "FRAMES", "SIZE", "diverse_model", "cityscapes_eval_args", "collect", "free_port", "runtime_args", "runtime_command",
            "start_runtime"]
 
 FRAMES = 240  # frames of the end-to-end runs
+SIZE = (128, 64)  # (width, height) of the daemon's and the engines' frames in unit tests
+SHARPEN = 30.0
 
 
 def runtime_command(*args: str) -> list[str]:
@@ -90,3 +92,28 @@ def cityscapes_eval_args(tmp_path):
     args.bold = args.nocol = ""
     args.exportFile = str(tmp_path / "cs_result.json")
     return cs_eval, args
+
+
+def diverse_model(seed: int = 0):
+    """A tiny model whose predictions spread over many classes (random init predicts one class:
+    its logits are nearly equal, so the bias decides; sharpened weights let features decide)."""
+    import torch
+
+    from iapc.adapt.models import build_model
+    from iapc.adapt.preprocessing import camera_to_rgb, normalize
+    from iapc.synth import sample_frames
+
+    torch.manual_seed(seed)
+    model = build_model("tiny")
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batch_norms:
+        bn.momentum = None  # running statistics of these frames, as a trained model would have
+    frames = torch.from_numpy(sample_frames(8, SIZE, seed=seed + 10))
+    with torch.no_grad():
+        model.train()(normalize(camera_to_rgb(frames), model.norm))
+        for conv in model.classifier:
+            conv.weight.mul_(SHARPEN)
+            conv.bias.zero_()
+    for bn in batch_norms:
+        bn.momentum = 0.1
+    return model.eval()

@@ -17,9 +17,9 @@ TORCH_FREE_PACKAGES = ("iapc.runtime", "iapc.ros_bridge", "iapc.synth", "iapc.re
 # (the torch side is iapc.adapt, iapc.daemon and the exporting half of iapc.export)
 TORCH_SIDE: set[str] = set()
 # Shared top-level modules and the engine code the inference process loads.
-TORCH_FREE_MODULES = ("iapc", "iapc.cache", "iapc.cli", "iapc.data", "iapc.errors", "iapc.labels",
-                      "iapc.metrics", "iapc.method_config", "iapc.options", "iapc.settings",
-                      "iapc.shipped", "iapc.export.manifest", "iapc.export.runners",
+TORCH_FREE_MODULES = ("iapc", "iapc.cache", "iapc.cli", "iapc.data", "iapc.errors", "iapc.files",
+                      "iapc.labels", "iapc.metrics", "iapc.method_config", "iapc.options", "iapc.settings",
+                      "iapc.shipped", "iapc.export.engines", "iapc.export.manifest", "iapc.export.runners",
                       "iapc.export.runner_base", "iapc.export.runner_onnxrt",
                       "iapc.export.runner_tensorrt", "iapc.export.store")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import Events
+from support import SIZE, Events, diverse_model
 
 from iapc.adapt.models import build_model
 from iapc.synth import sample_frames
@@ -16,31 +16,6 @@ from iapc.export.store import EngineStore
 from iapc.runtime.config import HealthConfig, RuntimeConfig
 from iapc.daemon.health import check_health, js_divergence, non_finite_tensors, predict
 from iapc.runtime import run_folder
-
-SIZE = (128, 64)  # (width, height)
-SHARPEN = 30.0
-
-
-def diverse_model(seed: int = 0) -> torch.nn.Module:
-    """A tiny model whose predictions spread over many classes (random init predicts one class:
-    its logits are nearly equal, so the bias decides; sharpened weights let features decide)."""
-    from iapc.adapt.preprocessing import camera_to_rgb, normalize
-
-    torch.manual_seed(seed)
-    model = build_model("tiny")
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in batch_norms:
-        bn.momentum = None  # running statistics of these frames, as a trained model would have
-    frames = torch.from_numpy(sample_frames(8, SIZE, seed=seed + 10))
-    with torch.no_grad():
-        model.train()(normalize(camera_to_rgb(frames), model.norm))
-        for conv in model.classifier:
-            conv.weight.mul_(SHARPEN)
-            conv.bias.zero_()
-    for bn in batch_norms:
-        bn.momentum = 0.1
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
 def frames():
