@@ -58,6 +58,7 @@ from iapc.export.parity import min_agreement_for
 from iapc.export.runner_base import Runner
 from iapc.export.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.events import EventType
 from iapc.runtime.handoff import EventSender, FrameReceiver
 from iapc.runtime import run_folder
 from iapc.runtime.run_folder import ipc_address
@@ -193,8 +194,7 @@ class AdaptationDaemon:
             self.adapter.reset()
             self.updates_since_deploy = self.statistics_updates = 0
         log.warning("rolled back from step %d to step %d: %s", step, self.step_count, reason)
-        self.events.send({"type": "rollback", "step": step, "to_step": self.step_count,
-                          "reason": reason})
+        self.events.send(EventType.ROLLBACK, step=step, to_step=self.step_count, reason=reason)
 
     def beat(self, force: bool = False) -> None:
         """Tell the supervisor this daemon is alive (mtime of RUN/daemon.heartbeat)."""
@@ -216,8 +216,8 @@ class AdaptationDaemon:
     # deployment --------------------------------------------------------------------------------
     def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
         log.warning("%s gate rejected step %d: %s", gate, self.step_count, reason)
-        self.events.send({"type": "rejected", "gate": gate, "step": self.step_count,
-                          "reason": reason, **({"health": figures} if figures else {})})
+        self.events.send(EventType.REJECTED, gate=gate, step=self.step_count, reason=reason,
+                         **({"health": figures} if figures else {}))
         self.rollback(f"{gate} gate: {reason}")
 
     def export_version(self) -> int | None:
@@ -239,7 +239,7 @@ class AdaptationDaemon:
             reason = (f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}")
             log.error("export at step %d failed, keeping the engine in service: %s",
                       self.step_count, reason)
-            self.events.send({"type": "export_failed", "step": self.step_count, "reason": reason})
+            self.events.send(EventType.EXPORT_FAILED, step=self.step_count, reason=reason)
             return None
         if result.rejected_by is not None:
             self.reject(result.rejected_by, result.reason, result.health)
@@ -247,10 +247,9 @@ class AdaptationDaemon:
         version = result.version
         self.save_state(version.number)
         seconds = time.perf_counter() - started
-        self.events.send({"type": "version", "version": version.number, "step": self.step_count,
-                          "parity": result.parity.agreement, "health": result.health,
-                          "export_s": round(seconds, 3),
-                          "statistics_updates": self.statistics_updates})
+        self.events.send(EventType.VERSION, version=version.number, step=self.step_count,
+                         parity=result.parity.agreement, health=result.health,
+                         export_s=round(seconds, 3), statistics_updates=self.statistics_updates)
         log.info("published engine %s at step %d (%.2f s)", version.name, self.step_count, seconds)
         return version.number
 
@@ -327,8 +326,8 @@ class AdaptationDaemon:
             return
         self.losses = {k: round(float(v), 5) for k, v in losses.items() if k != "skipped"}
         if self.step_count % 5 == 0:
-            self.events.send({"type": "stats", "step": self.step_count, "new_steps": 5,
-                              "buffer": len(self.frames), **self.losses})
+            self.events.send(EventType.STATS, step=self.step_count, new_steps=5,
+                             buffer=len(self.frames), **self.losses)
 
     def yield_duty_cycle(self, busy_seconds: float) -> None:
         """Idle so that computing takes at most ``duty_cycle`` of the daemon's wall time."""
@@ -372,9 +371,9 @@ class AdaptationDaemon:
         log.info("domain shift %d -> %d (%s, score %.2f)", shift.came_from, shift.to,
                  "banked state" if restored else "new: source model, own BN statistics",
                  shift.score)
-        self.events.send({"type": "domain_shift", "domain": shift.to, "from": shift.came_from,
-                          "known": restored, "score": round(shift.score, 3),
-                          "step": self.step_count})
+        self.events.send(EventType.DOMAIN_SHIFT, domain=shift.to, known=restored,
+                         score=round(shift.score, 3), step=self.step_count,
+                         **{"from": shift.came_from})
         self.export_version()
         self.last_export = time.monotonic()
 

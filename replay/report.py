@@ -16,6 +16,8 @@ import platform
 import numpy as np
 
 from iapc.metrics import scores_of_matrix
+from iapc.runtime.events import EventType
+from iapc.runtime.protocol import StatusKind
 
 FORGETTING_TOLERANCE = 0.5  # mIoU points a domain may lose from its first to its last round
 MAX_LISTED_MISSING = 50
@@ -136,7 +138,7 @@ def frame_accounting(record, expected: int) -> dict:
 
 
 def last_heartbeat(statuses: list[dict]) -> dict:
-    beats = [s for s in statuses if s.get("kind") == "heartbeat"]
+    beats = [s for s in statuses if s.get("kind") == StatusKind.HEARTBEAT]
     return beats[-1] if beats else {}
 
 
@@ -172,10 +174,10 @@ def swap_timeline(record) -> list[dict]:
     new weights to the engine serving frames.
     """
     export_s = {s.get("version"): s.get("export_s") for s in record.statuses
-                if s.get("kind") == "adaptation" and s.get("type") == "version"}
+                if s.get("kind") == StatusKind.ADAPTATION and s.get("type") == EventType.VERSION}
     swaps = []
     for s in record.statuses:
-        if s.get("kind") != "swap":
+        if s.get("kind") != StatusKind.SWAP:
             continue
         exported = export_s.get(s.get("to"))
         ready = s.get("ready_s")
@@ -213,13 +215,13 @@ def adaptation_summary(record) -> dict:
     curve, seen_steps = [], set()
     start_ns = record.masks[0][2] if record.masks else 0
     for s in record.statuses:
-        stats = s.get("adaptation") if s.get("kind") == "heartbeat" else None
+        stats = s.get("adaptation") if s.get("kind") == StatusKind.HEARTBEAT else None
         if not stats or stats.get("step") in seen_steps:
             continue
         seen_steps.add(stats.get("step"))
         curve.append({"time_s": round((s.get("time_ns", start_ns) - start_ns) / 1e9, 3),
                       **{k: v for k, v in stats.items() if isinstance(v, (int, float))}})
-    events = [s for s in record.statuses if s.get("kind") == "adaptation"]
+    events = [s for s in record.statuses if s.get("kind") == StatusKind.ADAPTATION]
     return {"steps": max((c.get("step", 0) for c in curve), default=0),
             "last_losses": curve[-1] if curve else {}, "curve": curve,
             "events": dict(collections.Counter(str(e.get("type")) for e in events))}

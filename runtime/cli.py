@@ -166,12 +166,14 @@ class LiveFigures:
         self.subscriber = MaskSubscriber(address, topics=(b"status",), newest_wins=False, **curve)
 
     def __call__(self) -> None:
+        from iapc.runtime.protocol import StatusKind
+
         try:
             while True:
                 status = self.subscriber.receive_status(timeout=0)
-                if status.get("kind") == "heartbeat":
+                if status.get("kind") == StatusKind.HEARTBEAT:
                     print(format_heartbeat(status), file=sys.stderr)
-                elif status.get("kind") == "swap":
+                elif status.get("kind") == StatusKind.SWAP:
                     print(f"  hot-swap v{status['from']} -> v{status['to']} at frame "
                           f"{status['at_frame']}", file=sys.stderr)
         except TimeoutError:

@@ -3,8 +3,10 @@
 - frames, loop -> daemon: :class:`FrameHandoff` never blocks the loop. ``offer`` appends to a
   bounded deque (the oldest frame is dropped and counted when it is full); a sender thread
   forwards frames with non-blocking sends, so a slow, hung or dead daemon costs the loop nothing.
-- events, daemon -> loop: :class:`EventSender` / :class:`EventReceiver` carry small JSON events
-  ("version" when a new engine is in the store, "stats" with adaptation figures).
+- events, daemon and supervisor -> loop: :class:`EventSender` / :class:`EventReceiver` carry
+  small JSON events, one of the typed list :class:`~iapc.runtime.events.EventType` (a new
+  engine in the store, a rejected candidate, a rollback, a failed export, a domain shift,
+  adaptation figures, a hung or restarted daemon; docs/PROTOCOL.md has the table).
 
 The inference side binds both sockets (it lives longest); the daemon connects, so a restarted
 daemon simply reconnects.
@@ -19,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from iapc.runtime.events import EventType, event
 
 
 class FrameHandoff:
@@ -124,9 +128,10 @@ class EventSender:
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.connect(address)
 
-    def send(self, event: dict[str, Any]) -> bool:
+    def send(self, kind: EventType, **fields: Any) -> bool:
+        """Send an event of type ``kind``; False when the inference process cannot take it."""
         try:
-            self._socket.send(json.dumps(event).encode(), flags=zmq.NOBLOCK)
+            self._socket.send(json.dumps(event(kind, **fields)).encode(), flags=zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False

@@ -6,8 +6,9 @@ pointer assignment on the hot path. Frames for adaptation are offered to the dae
 non-blocking hand-off; nothing here ever waits on the daemon or on subscribers.
 
 Every decision and fault reaches the status topic (``kind`` ``adaptation``, ``engine``,
-``source``) and the ``iapc_runtime_events`` metric: engines deployed or rejected by the daemon's
-gates, rollbacks, failed exports, daemon restarts, engines that failed to load here, and camera
+``source``) and the ``iapc_runtime_events`` metric: the daemon's and the supervisor's events
+(:mod:`iapc.runtime.events`: engines deployed or rejected by the gates, rollbacks, failed
+exports, domain shifts, hung and restarted daemons), engines that failed to load here, and camera
 outages. Bad frames are skipped and counted (``frames_failed``), never fatal.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from iapc.runtime.events import EventType, decision_of, event_type
 from iapc.runtime.metrics import LatencyStats, RateMeter
 from iapc.runtime.protocol import TOPIC_CONF, ENCODING_CONFIDENCE, MaskHeader, StatusKind
 
@@ -83,7 +85,7 @@ class InferenceLoop:
         old_version = self.engines.version
         start = time.perf_counter()
         self.engines.activate_pending(ready)
-        entry = {"kind": "swap", "from": old_version, "to": self.engines.version,
+        entry = {"kind": StatusKind.SWAP.value, "from": old_version, "to": self.engines.version,
                  "at_frame": self.stats.last_frame_id + 1,
                  "switch_ms": (time.perf_counter() - start) * 1e3,
                  "ready_s": ready.ready_seconds, "time_ns": time.time_ns()}
@@ -114,35 +116,28 @@ class InferenceLoop:
         if self.metrics:
             self.metrics.count_event(kind)
 
-    @staticmethod
-    def _decision(event: dict) -> str:
-        """The metric kind of a daemon/supervisor event: deployed, rejected_health, ..."""
-        kind = event.get("type", "unknown")
-        if kind == "version":
-            return "deployed"
-        if kind == "rejected":
-            return f"rejected_{event.get('gate', 'parity')}"
-        return kind
-
     def _drain_events(self) -> None:
+        """The daemon's and the supervisor's events: figures to the heartbeat, decisions to the
+        status topic and the counters; a new version wakes the engine watcher."""
         if self.events is None:
             return
         for event in self.events.poll(0):
-            if event.get("type") == "version":
+            kind = event_type(event)
+            if kind is EventType.VERSION:
                 self.engines.notify()
-            if event.get("type") == "stats":
+            if kind is EventType.STATS:
                 self.adaptation = event
                 if self.metrics and "total" in event:
                     self.metrics.observe_adaptation(event["total"], event.get("new_steps", 1))
                 continue
-            self._count(self._decision(event))
-            self.publisher.publish_status({"kind": "adaptation", **event})
+            self._count(decision_of(event))
+            self.publisher.publish_status({"kind": StatusKind.ADAPTATION.value, **event})
 
     def _report_faults(self) -> None:
         """Engines that failed to load here, and source outages, onto the status topic."""
         for report in self.engines.take_reports():
             self._count("engine_rejected")
-            self.publisher.publish_status({"kind": "engine", "state": "rejected",
+            self.publisher.publish_status({"kind": StatusKind.ENGINE.value, "state": "rejected",
                                            "in_service": self.engines.version, **report})
         events = getattr(self.capture, "source_events", None)
         while events:
@@ -155,7 +150,7 @@ class InferenceLoop:
             return
         self._last_status = now
         self.publisher.publish_status({
-            "kind": "heartbeat", "time_ns": time.time_ns(),
+            "kind": StatusKind.HEARTBEAT.value, "time_ns": time.time_ns(),
             "engine_version": self.engines.version, "frames_in": self.stats.frames_in,
             "frames_published": self.stats.frames_published,
             "frames_failed": self.stats.frames_failed, "swaps": self.stats.swaps,

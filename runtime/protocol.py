@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from iapc.runtime.events import DECISIONS, adaptation_types_meaning
+
 PROTOCOL_VERSION = 1
 
 TOPIC_MASK = b"mask"
@@ -351,8 +353,8 @@ def _f(name: str, json_type: str, meaning: str) -> StatusField:
     return StatusField(name, json_type, meaning)
 
 
-# The one list of status kinds and their fields: loop.py sends them, docs/PROTOCOL.md documents
-# them (a test checks that every kind and field below is in the document's table).
+# The one list of status kinds and their fields: loop.py sends them, docs/PROTOCOL.md's tables
+# are generated from it (status_reference_markdown; a test compares).
 STATUS_SPECS: tuple[StatusSpec, ...] = (
     StatusSpec(StatusKind.HEARTBEAT, "every `status_every` seconds (1.0 s) while the runtime runs", (
         _f("time_ns", "integer", "wall clock when the heartbeat was made"),
@@ -368,7 +370,8 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("fps", "number", "published frames per second, recent average"),
         _f("latency_ms", "object", "`{\"p50\", \"p90\", \"p99\"}` capture-to-publish latency, numbers or null before the first frame"),
         _f("adaptation", "object", "latest adaptation statistics (`step`, `buffer`, one number per loss); `{}` before the first"),
-        _f("decisions", "object", "count per decision kind: `deployed`, `rejected_parity`, `rejected_health`, `rollback`, `export_failed`, `daemon_restart`, `daemon_hung`, `domain_shift`, `engine_rejected`, `bad_frame`, `source_lost`, `source_resumed`"),
+        _f("decisions", "object", "count per decision kind: "
+           + ", ".join(f"`{d}`" for d in DECISIONS)),
         _f("source", "object", "`{\"state\": \"ok\" | \"lost\", \"outages\": integer}`"),
         _f("miou", "number or null", "running mIoU of the published masks against the source's labels, when it has them"),
         _f("miou_recent", "object or null", "`{\"frames\", \"serving\", \"source\", \"gain\"}`: mIoU over the last (up to 100) labelled frames that were also segmented by the source engine (about 2 per second), for the engine in service and for the source engine, and their difference; null without labels or without the source engine"),
@@ -382,7 +385,8 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("time_ns", "integer", "wall clock of the switch"),
     )),
     StatusSpec(StatusKind.ADAPTATION, "on each adaptation decision", (
-        _f("type", "string", "`version` (a new engine passed parity and health and was stored), `rejected` (a gate refused a candidate), `rollback` (adaptation state returned to the last deployed one), `export_failed` (writing the engine failed, e.g. disk full), `daemon_hung` / `daemon_restart` (the supervisor restarted the adaptation daemon), `domain_shift` (the frames moved to another domain: its banked state, or a new one, is deployed next)"),
+        _f("type", "string", adaptation_types_meaning()
+           + "; the events table below says who sends each"),
         _f("step", "integer", "adaptation step"),
         _f("version", "integer", "`version`: the stored engine version"),
         _f("parity", "number", "`version`: agreement of the engine with PyTorch"),
@@ -420,10 +424,6 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
     )),
 )
 STATUS_KINDS = tuple(kind.value for kind in StatusKind)  # documented kinds; clients ignore others
-
-
-def status_spec(kind: StatusKind | str) -> StatusSpec:
-    return next(spec for spec in STATUS_SPECS if spec.kind == StatusKind(kind))
 
 
 def encode_status(status: Mapping[str, Any], boot_id: str = "") -> list[bytes]:
@@ -479,3 +479,38 @@ def status_reference_markdown() -> str:
                      + "".join(f"| `{f.name}` | {f.json_type} | {f.meaning} |\n"
                                for f in spec.fields))
     return "\n".join(parts)
+
+
+# The generated sections of docs/PROTOCOL.md: (first line, last line, generator).
+def _generated_sections():
+    from iapc.runtime.events import event_reference_markdown
+
+    return (("<!-- status kinds: generated from runtime/protocol.py STATUS_SPECS -->",
+             "<!-- end of status kinds -->", status_reference_markdown),
+            ("<!-- events: generated from runtime/events.py EVENT_SPECS -->",
+             "<!-- end of events -->", event_reference_markdown))
+
+
+def generated_sections(document: str) -> list[tuple[str, str]]:
+    """(section as in ``document``, section as generated now) for each generated section."""
+    pairs = []
+    for first, last, make in _generated_sections():
+        start = document.index(first) + len(first) + 1
+        pairs.append((document[start:document.index(last)], make()))
+    return pairs
+
+
+def regenerate_document(document: str) -> str:
+    """``document`` (docs/PROTOCOL.md) with its generated sections made anew."""
+    for first, last, make in _generated_sections():
+        start = document.index(first) + len(first) + 1
+        document = document[:start] + make() + document[document.index(last):]
+    return document
+
+
+if __name__ == "__main__":  # python -m iapc.runtime.protocol docs/PROTOCOL.md
+    import sys
+    from pathlib import Path
+
+    doc = Path(sys.argv[1])
+    doc.write_text(regenerate_document(doc.read_text()))

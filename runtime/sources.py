@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from iapc.errors import UserError
+from iapc.runtime.protocol import StatusKind
 
 log = logging.getLogger("iapc.runtime.sources")
 
@@ -361,7 +362,7 @@ class CaptureThread(threading.Thread):
         self.outages = 0
         self.retries = 0
         self.in_outage = False
-        # {"kind": "source", "state": "lost"|"resumed", ...} for the loop to publish
+        # status messages of kind source, state lost or resumed, for the loop to publish
         self.source_events: deque[dict] = deque(maxlen=64)
         self.source = source
         self.fps = fps
@@ -420,7 +421,7 @@ class CaptureThread(threading.Thread):
         self.outages += 1
         self.in_outage = True
         lost_at = time.monotonic()
-        self.source_events.append({"kind": "source", "state": "lost", "reason": reason,
+        self.source_events.append({"kind": StatusKind.SOURCE.value, "state": "lost", "reason": reason,
                                    "outages": self.outages, "at_frame": self.captured})
         delay = RETRY_FIRST_S
         while not self._stop_event.wait(delay):
@@ -432,7 +433,7 @@ class CaptureThread(threading.Thread):
                 reason = str(err)
                 delay = min(delay * 2, self.retry_max_s)
         self.in_outage = False
-        self.source_events.append({"kind": "source", "state": "resumed",
+        self.source_events.append({"kind": StatusKind.SOURCE.value, "state": "resumed",
                                    "outage_s": round(time.monotonic() - lost_at, 3),
                                    "retries": self.retries, "outages": self.outages})
 

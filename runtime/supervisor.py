@@ -35,6 +35,7 @@ from pathlib import Path
 
 from iapc.runtime import run_folder
 from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.events import EventType
 
 log = logging.getLogger("iapc.runtime.supervisor")
 
@@ -197,7 +198,7 @@ class Supervisor:
                                                          self.cfg.daemon_timeout)
         if silent > limit:
             log.warning("adaptation daemon silent for %.0f s: killing it", silent)
-            self._announce("daemon_hung", f"no heartbeat for {silent:.0f} s")
+            self._announce(EventType.DAEMON_HUNG, f"no heartbeat for {silent:.0f} s")
             self.daemon.kill()
 
     def _restart_daemon_if_dead(self) -> int | None:
@@ -218,7 +219,7 @@ class Supervisor:
             return None
         self.daemon_restarts += 1
         self.daemon.start()
-        self._announce("daemon_restart", f"exit status {code}")
+        self._announce(EventType.DAEMON_RESTART, f"exit status {code}")
         return None
 
     def _gave_up(self, code: int) -> bool:
@@ -232,9 +233,9 @@ class Supervisor:
               "--no-adapt to serve the source model", file=sys.stderr)
         return True
 
-    def _announce(self, kind: str, reason: str) -> None:
+    def _announce(self, kind: EventType, reason: str) -> None:
         if self.events is not None:
-            self.events.send({"type": kind, "reason": reason, "restarts": self.daemon_restarts})
+            self.events.send(kind, reason=reason, restarts=self.daemon_restarts)
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -191,26 +191,50 @@ def test_protocol_document_lists_every_status_kind_and_field_from_the_typed_list
 
     from iapc.runtime.protocol import STATUS_SPECS, StatusKind, status_reference_markdown
 
+    from iapc.runtime.protocol import generated_sections
+
     doc = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
-    start = doc.index("<!-- status kinds: generated from runtime/protocol.py STATUS_SPECS -->")
-    end = doc.index("<!-- end of status kinds -->")
-    section = doc[start:end].split("\n", 1)[1]
-    assert section == status_reference_markdown(), "regenerate the tables from STATUS_SPECS"
+    for in_document, generated in generated_sections(doc):
+        assert in_document == generated, \
+            "regenerate: python -m iapc.runtime.protocol docs/PROTOCOL.md"
+    assert status_reference_markdown() in doc
     assert {spec.kind for spec in STATUS_SPECS} == set(StatusKind)
     for key in ("boot_id", "Security (CURVE)", "ZMQ_CURVE_SERVERKEY", "handoff_dropped",
                 "CLOCK_REALTIME", "before the first mask of the new engine", "Slow clients"):
         assert key in doc, key
 
 
-def test_the_loop_sends_only_documented_status_kinds():
-    """Every kind literal the runtime publishes is in the typed list."""
+def test_the_runtime_sends_status_kinds_and_events_of_the_typed_lists_only():
+    """Senders and readers name status kinds and events through StatusKind and EventType: no
+    string literal of either is left, and every event type has a sender."""
     import re
     from pathlib import Path
 
-    from iapc.runtime.protocol import STATUS_KINDS
+    from iapc.runtime.events import EventType
 
-    runtime = Path(__file__).resolve().parents[2] / "runtime"
-    sent = set()
-    for name in ("loop.py", "sources.py"):
-        sent |= set(re.findall(r'"kind": "(\w+)"', (runtime / name).read_text()))
-    assert sent and sent <= set(STATUS_KINDS), sent - set(STATUS_KINDS)
+    root = Path(__file__).resolve().parents[2]
+    senders = {"daemon": ["daemon/process.py"], "supervisor": ["runtime/supervisor.py"]}
+    readers = ["runtime/loop.py", "runtime/sources.py", "runtime/cli.py", "replay/report.py"]
+    for path in readers + [p for paths in senders.values() for p in paths]:
+        text = (root / path).read_text()
+        assert not re.findall(r'"kind"\)? ?[:=!]=? ?"\w+"', text), path
+        assert not re.findall(r'"type"\)? ?[:=!]=? ?"\w+"', text), path
+    from iapc.runtime.events import EVENT_SPECS
+
+    for spec in EVENT_SPECS:
+        sent = "".join((root / p).read_text() for p in senders[spec.sender])
+        assert f"EventType.{spec.type.name}" in sent, f"{spec.type.value} has no sender"
+    assert {spec.type for spec in EVENT_SPECS} == set(EventType)
+
+
+def test_events_count_as_their_decisions():
+    from iapc.runtime.events import DECISIONS, EventType, decision_of, event
+
+    assert decision_of(event(EventType.VERSION, version=3)) == "deployed"
+    assert decision_of(event(EventType.REJECTED, gate="health")) == "rejected_health"
+    assert decision_of(event(EventType.REJECTED)) == "rejected_parity"
+    assert decision_of(event(EventType.DAEMON_HUNG, reason="x")) == "daemon_hung"
+    assert decision_of({"type": "from_a_newer_daemon"}) == "from_a_newer_daemon"
+    assert len(set(DECISIONS)) == len(DECISIONS)
+    with pytest.raises(ValueError):
+        event("not_a_type")
