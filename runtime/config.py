@@ -187,7 +187,9 @@ class RuntimeConfig:
         return Path(self.run_dir) if self.run_dir else default_cache_dir() / "run"
 
     def resolved_store(self) -> Path:
-        return Path(self.store) if self.store else self.resolved_run_dir() / "store"
+        from iapc.runtime.run_folder import STORE
+
+        return Path(self.store) if self.store else self.resolved_run_dir() / STORE
 
 
 def load_yaml_config(path: str | os.PathLike) -> RuntimeConfig:

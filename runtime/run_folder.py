@@ -17,6 +17,8 @@ HEARTBEAT = "daemon.heartbeat"  # the daemon's pid; its mtime is the watchdog's 
 ADAPTATION_STATE = "adaptation.pt"  # the daemon's state, to resume after a restart
 INFERENCE_SUMMARY = "inference_summary.json"  # frame counts, swaps, decisions, at exit
 STORE = "store"  # the engine store, unless --store puts it elsewhere
+SOURCE_ENGINES = "source-engines"  # --no-adapt: one store per source checkpoint and target
+EXPORT_LOG = "export.log"  # the output of the source engine's export (--no-adapt)
 PROCESSES = ("inference", "daemon")  # the supervisor's children, each with its log
 
 

@@ -17,8 +17,8 @@ With adaptation off (``--no-adapt``) no daemon runs: the source checkpoint is ex
 store holds; ``serve_store=True`` (``--resume-latest``) serves the store's newest version instead.
 
 Both children are plain ``python -m`` processes so the inference process never imports torch.
-Their logs go to ``RUN/inference.log`` and ``RUN/daemon.log``; one-line user errors reach the
-terminal.
+Their logs go to ``RUN/inference.log`` and ``RUN/daemon.log`` (the names are
+:func:`~iapc.runtime.run_folder.log_name`'s); one-line user errors reach the terminal.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def source_engine_store(cfg: RuntimeConfig, checkpoint: str) -> Path:
     target = engine_target(cfg.backend, cfg.precision)
     key = (f"{sha256_of(Path(checkpoint))[:16]}-{cfg.model}-{width}x{height}-{target.key()}"
            f"{'-conf' if cfg.confidence else ''}")
-    return cfg.resolved_run_dir() / "source-engines" / key
+    return cfg.resolved_run_dir() / run_folder.SOURCE_ENGINES / key
 
 
 def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> None:
@@ -99,7 +99,7 @@ def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> No
                "--backend", cfg.backend, "--precision", cfg.precision, "--keep", "1"]
     command += ["--model", cfg.model] if cfg.model else []
     command += ["--confidence"] if cfg.confidence else []
-    log_path = cfg.resolved_run_dir() / "export.log"
+    log_path = cfg.resolved_run_dir() / run_folder.EXPORT_LOG
     with open(log_path, "ab") as log_file:
         done = subprocess.run(command, stdout=log_file, stderr=subprocess.PIPE)
         log_file.write(done.stderr)
@@ -229,7 +229,7 @@ class Supervisor:
             return False
         self.daemon.relay.join(timeout=5.0)
         print(f"iapc-runtime: error: the adaptation daemon exited with {code} before it started, "
-              f"{self.fast_failures} times in a row: see {self.run_dir / 'daemon.log'}, or pass "
+              f"{self.fast_failures} times in a row: see {self.run_dir / run_folder.log_name('daemon')}, or pass "
               "--no-adapt to serve the source model", file=sys.stderr)
         return True
 
