@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _, meta = load_model(args.checkpoint, args.model, args.num_classes)
         except UserError:
-            raise
+            raise  # not dead: already one line that says what to do, kept from the wrapping below
         except Exception as err:  # a file that reads but does not hold what it should
             raise UserError(f"checkpoint {args.checkpoint} could not be loaded ({type(err).__name__}: "
                             f"{err}): expected a file written by 'iapc train-source' or "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from iapc.errors import UserError
+from iapc.options import DEFAULT_INPUT_SIZE
 from iapc.options import parse_size  # noqa: F401  (re-exported for the adapt commands)
 
 if TYPE_CHECKING:  # torch stays out of ``iapc --help``
@@ -74,8 +75,9 @@ def _load_eval_item(sample: "Sample", size: tuple[int, int]):
     return image, read_train_ids(sample.label, sample.label_set), None
 
 
-def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[int, int] = (1024, 512),
-                  batch_size: int = 2, classes: str = "19", device: "str | torch.device" = "cpu",
+def score_samples(model: "nn.Module", samples: Sequence["Sample"],
+                  size: tuple[int, int] = DEFAULT_INPUT_SIZE, batch_size: int = 2,
+                  classes: str = "19", device: "str | torch.device" = "cpu",
                   progress: bool = False) -> "SegmentationScores":
     """Confusion-matrix scores of ``model`` on labelled ``samples`` (model left in eval mode);
     on CamVid samples with CamVid's 11-class scores as ``camvid11``."""
@@ -114,8 +116,9 @@ def score_samples(model: "nn.Module", samples: Sequence["Sample"], size: tuple[i
     return scores if camvid is None else dataclasses.replace(scores, camvid11=camvid_scores(camvid))
 
 
-def evaluate_model(model: "nn.Module", samples: Sequence["Sample"], size: tuple[int, int] = (1024, 512),
-                   batch_size: int = 2, classes: str = "19", device: "str | torch.device" = "cpu",
+def evaluate_model(model: "nn.Module", samples: Sequence["Sample"],
+                   size: tuple[int, int] = DEFAULT_INPUT_SIZE, batch_size: int = 2,
+                   classes: str = "19", device: "str | torch.device" = "cpu",
                    progress: bool = False) -> dict[str, Any]:
     """:func:`score_samples` as a dict: ``{"miou", "accuracy", "classes", "iou": {name: IoU or
     None}, "images"}`` (on CamVid also ``"camvid11"``: the same keys for CamVid's 11 classes);

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from iapc.adapt.evaluate import parse_size
 from iapc.errors import UserError
+from iapc.options import DEFAULT_INPUT_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +48,7 @@ class RunConfig:
 
     iters: int = 9000
     batch: int = 6
-    size: tuple[int, int] = (1024, 512)  # (W, H) every target image is resized to
+    size: tuple[int, int] = DEFAULT_INPUT_SIZE  # (W, H) every target image is resized to
     pseudo_labels: str = "offline"  # "offline" (cached multi-scale + flip) or "online"
     pseudo_label_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     pseudo_label_flip: bool = True

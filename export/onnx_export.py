@@ -24,6 +24,7 @@ from torch import nn
 
 from iapc.adapt.preprocessing import camera_to_rgb, normalize
 from iapc.errors import UserError
+from iapc.options import DEFAULT_INPUT_SIZE
 
 INPUT_NAME = "frames"
 MASK_NAME = "mask"
@@ -131,8 +132,9 @@ def _attach_metadata(onnx_model, metadata: GraphMetadata) -> None:
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, frame_size: tuple[int, int] = (1024, 512),
-                batch: int = 1, dynamic_batch: bool = False, confidence: bool = False,
+def export_onnx(model: nn.Module, path: str | os.PathLike,
+                frame_size: tuple[int, int] = DEFAULT_INPUT_SIZE, batch: int = 1,
+                dynamic_batch: bool = False, confidence: bool = False,
                 opset: int = DEFAULT_OPSET, model_name: str | None = None,
                 simplify: bool = True) -> Path:
     """Export ``model`` wrapped in :class:`SegmentationGraph` to ``path``; returns the path.

@@ -240,19 +240,3 @@ def load_sample(sample: Sample, size: tuple[int, int] | None = None) -> tuple[np
         image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
         label = cv2.resize(label, tuple(size), interpolation=cv2.INTER_NEAREST)
     return image, label
-
-
-class SegmentationDataset:
-    """A ``torch.utils.data.Dataset`` of ``(image BGR uint8 (H, W, 3), train ids uint8 (H, W))``
-    numpy pairs; batch them with the default collate and convert with
-    :func:`iapc.adapt.preprocessing.camera_to_rgb`."""
-
-    def __init__(self, samples: list[Sample], size: tuple[int, int] | None = None):
-        self.samples = samples
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return load_sample(self.samples[index], self.size)
