@@ -11,6 +11,7 @@ so that its own processes stay free of training work).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from iapc.errors import run_cli
 EMBEDDED_SIZE = (256, 128)  # (width, height) of the synthetic frames and the engine input
 EMBEDDED_TRAIN_IMAGES = 300
 EMBEDDED_ITERS = 1500
+# Training iterations of a first-use model; $IAPC_EMBEDDED_ITERS overrides them (tests that must
+# exercise first-use training in seconds).
+ITERS_VARIABLE = "IAPC_EMBEDDED_ITERS"
 # Photometric jitter (brightness/contrast/saturation x(1 +- 0.3)) while training: the same recipe
 # as benchmarks/bench_adaptation.py's source model (40.7 mIoU on the source domain's val split).
 EMBEDDED_JITTER = 0.3
@@ -38,15 +42,17 @@ def synthetic_root(domain: str, train: int = EMBEDDED_TRAIN_IMAGES, val: int = 4
     return root
 
 
-def ensure_source_model(model: str = "tiny", out: Path | None = None, iters: int = EMBEDDED_ITERS,
+def ensure_source_model(model: str = "tiny", out: Path | None = None, iters: int | None = None,
                         progress: bool = True) -> Path:
-    """The cached source checkpoint, trained on the synthetic source domain if missing."""
-    from iapc.data import find_cityscapes
-    from iapc.adapt.train_source import TrainConfig, train_source
-
+    """The cached source checkpoint, trained on the synthetic source domain if missing
+    (``iters`` None: ``$IAPC_EMBEDDED_ITERS``, else :data:`EMBEDDED_ITERS`)."""
     out = out or embedded_model_path(model)
     if out.is_file():
         return out
+    from iapc.data import find_cityscapes
+    from iapc.adapt.train_source import TrainConfig, train_source
+
+    iters = iters or int(os.environ.get(ITERS_VARIABLE) or EMBEDDED_ITERS)
     root = synthetic_root("source")
     cfg = TrainConfig(model=model, iters=iters, size=EMBEDDED_SIZE, jitter=EMBEDDED_JITTER)
     train_source(model, find_cityscapes(root, "train"), cfg, out=out, progress=progress)
@@ -58,7 +64,7 @@ CHECK_FRAMES = 8
 SHIP_COMMAND = "python -m iapc.adapt.embedded --model {model} --ship"
 
 
-def ship(model: str = "tiny", checkpoint: Path | None = None, iters: int = EMBEDDED_ITERS) -> Path:
+def ship(model: str = "tiny", checkpoint: Path | None = None, iters: int | None = None) -> Path:
     """Train (or take ``checkpoint``) and write the shipped weights and their manifest into
     ``iapc/weights/``: the command, data, seed, sha256, input size and source-val mIoU."""
     import json
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m iapc.adapt.embedded")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--iters", type=int, default=EMBEDDED_ITERS)
+    parser.add_argument("--iters", type=int, default=None,
+                        help=f"training iterations (default ${ITERS_VARIABLE}, else {EMBEDDED_ITERS})")
     parser.add_argument("--ship", action="store_true",
                         help="write the package's shipped weights and manifest (iapc/weights/)")
     parser.add_argument("--from-checkpoint", type=Path, default=None,

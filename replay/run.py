@@ -56,13 +56,13 @@ def replay_once(cfg: ReplayConfig, plan: ReplayPlan, adapt: bool, rounds: int) -
 
 
 def embedded_checkpoint(model: str) -> Path:
-    """The runtime's default source model: the one shipped with the package, else the cached
-    one, trained here first if it is not cached yet, so that the runtime starts at once instead
-    of training in silence while the replay waits."""
-    from iapc.adapt.embedded import ensure_source_model
-    from iapc.shipped import shipped_checkpoint
+    """The runtime's default source model (:func:`iapc.shipped.default_checkpoint`: shipped,
+    else cached, else trained once in a child process), found before the runtime starts so that
+    it starts at once instead of training in silence while the replay waits. The replay itself
+    stays free of torch."""
+    from iapc.shipped import default_checkpoint
 
-    return shipped_checkpoint(model) or ensure_source_model(model)
+    return default_checkpoint(model)
 
 
 def run_replay(cfg: ReplayConfig) -> dict:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from iapc.errors import UserError, run_cli
-from iapc.cache import embedded_model_path
 from iapc.method_config import AdaptConfig
 from iapc.options import DEFAULT_INPUT_SIZE, input_size_for
 from iapc.runtime.config import AdaptationConfig, RuntimeConfig, SourceConfig, load_yaml_config
@@ -133,22 +132,10 @@ def check_config(cfg: RuntimeConfig) -> None:
 
 def embedded_checkpoint(cfg: RuntimeConfig) -> str:
     """The synthetic source model that ships with the package, else the cached one, trained in
-    a child process on first use."""
-    from iapc.shipped import shipped_checkpoint
+    a child process on first use (:func:`iapc.shipped.default_checkpoint`)."""
+    from iapc.shipped import default_checkpoint
 
-    shipped = shipped_checkpoint(cfg.model)
-    if shipped is not None:
-        return str(shipped)
-    path = embedded_model_path(cfg.model)
-    if not path.is_file():
-        print(f"first use: training the embedded {cfg.model} source model on the synthetic source "
-              f"domain into {path} (a few minutes, once)", file=sys.stderr)
-        code = subprocess.call([sys.executable, "-m", "iapc.adapt.embedded", "--model", cfg.model,
-                                "--out", str(path)])
-        if code != 0 or not path.is_file():
-            raise UserError(f"training the embedded source model failed (exit {code}); pass "
-                            "--checkpoint FILE to use your own")
-    return str(path)
+    return str(default_checkpoint(cfg.model))
 
 
 class LiveFigures:

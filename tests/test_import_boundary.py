@@ -64,3 +64,47 @@ def test_module_does_not_import_torch(module):
             pytest.fail(f"{module} imports the missing module {result['missing']}")
         pytest.skip(f"optional dependency {result['missing']} is not installed")
     assert result["torch"] is False, f"importing {module} loads torch"
+
+
+# ``iapc replay`` in this interpreter, as its command line runs it; then whether torch was loaded.
+# With HIDE_SHIPPED set, the package's shipped weights are hidden, so that the default model is
+# trained on first use (in a fresh cache) as on a model that ships none.
+REPLAY_PROBE = """
+import json, os, sys
+from pathlib import Path
+import iapc.shipped
+if os.environ.get("HIDE_SHIPPED"):
+    iapc.shipped.WEIGHTS_DIR = Path(os.environ["HIDE_SHIPPED"])
+from iapc.cli import _main
+from iapc.errors import run_cli
+code = run_cli("iapc", lambda: _main(sys.argv[1:]))
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("weights", ["shipped", "trained on first use"])
+def test_a_replay_with_the_default_model_loads_no_torch(tmp_path, weights):
+    """The replay tooling as it runs, not only as it imports: a whole ``iapc replay`` with the
+    default model (no --checkpoint, no --model) leaves torch unloaded, also when that model
+    must first be trained (in a child process)."""
+    import os
+
+    from iapc.synth import write_domain
+
+    write_domain(tmp_path / "fog", "fog", split_sizes={"val": 1}, size=(256, 128), sequences=1)
+    env = dict(os.environ, IAPC_CACHE=str(tmp_path / "cache"), IAPC_EMBEDDED_ITERS="2",
+               OMP_NUM_THREADS="1")
+    if weights != "shipped":
+        (tmp_path / "no-weights").mkdir()
+        env["HIDE_SHIPPED"] = str(tmp_path / "no-weights")
+    done = subprocess.run([sys.executable, "-c", REPLAY_PROBE, "replay", "--cityscapes",
+                           str(tmp_path / "fog"), "--split", "val", "--fast", "--no-baseline",
+                           "--no-progress", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=280, env=env)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "report.json").is_file()
+    assert result["torch"] is False, "the replay loaded torch"
+    if weights != "shipped":
+        assert "first use: training the embedded tiny source model" in done.stderr
