@@ -2,7 +2,9 @@
 
 - BN adapt: re-estimate BatchNorm statistics on target frames, nothing else changes.
 - TENT (Wang et al., ICLR 2021, DequanWang/tent): minimise the prediction entropy by updating
-  only the BatchNorm affine parameters, normalising with the current batch's statistics.
+  only the BatchNorm affine parameters, normalising with the current batch's statistics. The one
+  implementation: the runtime's ``tent`` method (:class:`iapc.adapt.methods.Tent`) steps with
+  :func:`tent_step` too, configured to keep running statistics.
 
 Batches are uint8 (N, 3, H, W) RGB, turned into network input with the model's own ``norm``.
 """
@@ -54,9 +56,15 @@ def bn_adapt(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     return model
 
 
-def configure_tent(model: nn.Module) -> nn.Module:
-    """Prepare ``model`` for TENT: train mode, only BN affine parameters trainable, and BN
-    always normalising with the current batch's statistics."""
+def configure_tent(model: nn.Module, batch_statistics: bool = True,
+                   bn_momentum: float | None = None) -> nn.Module:
+    """Prepare ``model`` for TENT: train mode, only BN affine parameters trainable.
+
+    ``batch_statistics`` (the paper's TENT): BN always normalises with the current batch's
+    statistics, the running ones are dropped. False (the runtime's ``tent`` method): the running
+    statistics are kept and updated (with ``bn_momentum`` when given), so that the adapted model
+    can be exported and run frame by frame.
+    """
     model.train()
     model.requires_grad_(False)
     norms = batch_norm_layers(model)
@@ -64,10 +72,12 @@ def configure_tent(model: nn.Module) -> nn.Module:
         raise UserError("the model has no BatchNorm layers: TENT adapts BN affine parameters only")
     for bn in norms:
         bn.requires_grad_(True)
-        # force use of batch stats in train and eval modes
-        bn.track_running_stats = False
-        bn.running_mean = None
-        bn.running_var = None
+        if batch_statistics:  # force use of batch stats in train and eval modes
+            bn.track_running_stats = False
+            bn.running_mean = None
+            bn.running_var = None
+        elif bn_momentum is not None:
+            bn.momentum = bn_momentum
     return model
 
 

@@ -34,11 +34,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from iapc.adapt.baselines import bn_adapt, collect_tent_params, softmax_entropy
+from iapc.adapt.baselines import bn_adapt, collect_tent_params, configure_tent, tent_step
 from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
                                copy_buffers, device_of, make_networks, make_optimizer,
                                update_bn_statistics)
-from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 
 
@@ -160,19 +159,16 @@ class Tent(Adapter):
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
-        self.model = configure_tent_deployable(copy.deepcopy(self.source), cfg.bn_momentum)
+        # running statistics kept, so that the adapted model can be exported and run frame by frame
+        self.model = configure_tent(copy.deepcopy(self.source), batch_statistics=False,
+                                    bn_momentum=cfg.bn_momentum)
         params, _ = collect_tent_params(self.model)
         self.optimizer = torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999))
 
     def step(self, batch, pseudo_label=None, generator=None):
-        x = normalize(batch.to(device_of(self.model)), self.model.norm)
-        logits, _ = self.model(x)  # (N, K, h, w), batch statistics (train mode)
-        loss = softmax_entropy(logits).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        stats = tent_step(self.model, batch, self.optimizer)  # batch statistics (train mode)
         self.step_count += 1
-        return {"entropy": loss.item(), "total": loss.item()}
+        return {**stats, "total": stats["entropy"]}
 
     def deployable(self):
         return self.model
@@ -184,20 +180,6 @@ class Tent(Adapter):
         super().load_state_dict(state)
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-
-
-def configure_tent_deployable(model: nn.Module, bn_momentum: float | None) -> nn.Module:
-    """TENT's configuration (train mode, only BN affine parameters trainable) that keeps the
-    running statistics, so that the adapted model can be exported and run frame by frame."""
-    model.train().requires_grad_(False)
-    norms = batch_norm_layers(model)
-    if not norms:
-        raise UserError("the model has no BatchNorm layers: TENT adapts BN affine parameters only")
-    for bn in norms:
-        bn.requires_grad_(True)
-        if bn_momentum is not None:
-            bn.momentum = bn_momentum
-    return model
 
 
 class IAPC(Adapter):
