@@ -118,7 +118,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     parser.add_argument("--target", default=d.target, help="synthetic target domain (night, fog, rain, city)")
-    parser.add_argument("--size", type=parse_size, default=d.size, help="WIDTHxHEIGHT")
+    parser.add_argument("--input-size", "--size", dest="size", type=parse_size, default=d.size,
+                        help="WIDTHxHEIGHT")
     parser.add_argument("--crop", type=parse_size, default=d.crop, help="WIDTHxHEIGHT IAPC crop")
     parser.add_argument("--train-images", type=int, default=d.train_images)
     parser.add_argument("--val-images", type=int, default=d.val_images)

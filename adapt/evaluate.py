@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split (default val; CamVid: train, val, test, a+b or all)")
     parser.add_argument("--sequence", default=None, metavar="SEQ[,SEQ...]",
                         help="CamVid roots: only these sequences, e.g. Seq05VD or 0006R0,0016E5")
-    parser.add_argument("--size", default=None, type=parse_size,
+    parser.add_argument("--input-size", "--size", dest="size", default=None, type=parse_size,
                         help="input WxH (default: the size the checkpoint was trained at, else 1024x512)")
     parser.add_argument("--classes", default="19", choices=("19", "16", "13"),
                         help="mIoU over 19 Cityscapes classes, or SYNTHIA's 16 / 13")
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from iapc.metrics import format_table
 
     model, meta = load_model(args.checkpoint, args.model)
-    size = input_size_for(meta, args.size, "--size")
+    size = input_size_for(meta, args.size, "--input-size")
     sequences = [q.strip() for q in args.sequence.split(",") if q.strip()] if args.sequence else None
     samples = labelled_samples(args.root, args.split, sequences)
     scores = score_samples(model, samples, size=size, batch_size=args.batch,

@@ -456,7 +456,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="19", choices=("19", "16", "13"))
     parser.add_argument("--iters", type=int, default=defaults.iters)
     parser.add_argument("--batch", type=int, default=defaults.batch, help="images per process")
-    parser.add_argument("--size", type=parse_size, default=None,
+    parser.add_argument("--input-size", "--size", dest="size", type=parse_size, default=None,
                         help="WIDTHxHEIGHT resize (default: the checkpoint's training size, else 1024x512)")
     parser.add_argument("--pseudo-labels", choices=("offline", "online"), default=defaults.pseudo_labels)
     parser.add_argument("--out", default=None, help="folder for checkpoints, pseudo-labels, history")
@@ -485,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
 
     adapt_cfg = adapt_config_from_args(args)
     source_model, meta = load_model(args.checkpoint, args.model)
-    cfg = RunConfig(iters=args.iters, batch=args.batch, size=input_size_for(meta, args.size, "--size"),
+    cfg = RunConfig(iters=args.iters, batch=args.batch, size=input_size_for(meta, args.size, "--input-size"),
                     pseudo_labels=args.pseudo_labels, eval_every=args.eval_every,
                     save_every=args.save_every, out=args.out, resume=args.resume,
                     seed=adapt_cfg.seed, device=args.device, workers=args.workers)

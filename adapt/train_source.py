@@ -35,7 +35,7 @@ class TrainConfig:
     iters: int = 1000
     batch: int = 8
     size: tuple[int, int] = (256, 128)  # (W, H) every image is resized to first
-    crop: tuple[int, int] | None = None  # (H, W) random crop; None: the resized size
+    crop: tuple[int, int] | None = None  # (W, H) random crop, like every size; None: the resized size
     scale: tuple[float, float] = (0.75, 1.5)  # random rescale range
     flip: bool = True
     jitter: float = 0.0  # photometric jitter strength (brightness/contrast/saturation); 0: off
@@ -50,7 +50,9 @@ class TrainConfig:
     log_every: int = 50
 
     def crop_hw(self) -> tuple[int, int]:
-        return tuple(self.crop) if self.crop else (self.size[1], self.size[0])
+        """(H, W) of the random crop, in the order arrays index."""
+        width, height = self.crop if self.crop else self.size
+        return (height, width)
 
     def validate(self) -> None:
         if self.iters < 1 or self.batch < 1:
@@ -221,7 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint file to write")
     parser.add_argument("--iters", type=int, default=defaults.iters)
     parser.add_argument("--batch", type=int, default=defaults.batch)
-    parser.add_argument("--size", type=parse_size, default=defaults.size, help="WxH resize first")
+    parser.add_argument("--input-size", "--size", dest="size", type=parse_size,
+                        default=defaults.size, help="WxH resize first")
     parser.add_argument("--crop", type=parse_size, default=None, help="WxH random crop (default: --size)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -239,9 +242,8 @@ def run(args: argparse.Namespace) -> int:
     from iapc.adapt.evaluate import labelled_samples, score_samples
     from iapc.metrics import format_table
 
-    crop = (args.crop[1], args.crop[0]) if args.crop else None  # --crop is WxH, the config (H, W)
     cfg = TrainConfig(model=args.model, iters=args.iters, batch=args.batch, size=args.size,
-                      crop=crop, optimizer=args.optimizer, lr=args.lr, jitter=args.jitter,
+                      crop=args.crop, optimizer=args.optimizer, lr=args.lr, jitter=args.jitter,
                       seed=args.seed, workers=args.workers, device=args.device)
     model = train_source(args.model, find_samples(args.root, args.split), cfg, out=args.out)
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """``iapc export``: checkpoint -> ONNX -> the backend's engine -> parity gate -> engine store.
 
-    iapc export --checkpoint run/source.pth --store run/engines --frame-size 1024x512
+    iapc export --checkpoint run/source.pth --store run/engines --input-size 1024x512
 
 The engine built for ``--backend`` and ``--precision`` here (:mod:`iapc.export.engines`) is the one
 gated and stored; it is published only if its masks agree with the PyTorch model's on recorded frames
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"one of {', '.join(BACKENDS)} (default auto: TensorRT if present, "
                              "else ONNX Runtime)")
     parser.add_argument("--store", required=True, help="engine store folder (created if missing)")
-    parser.add_argument("--frame-size", default=None,
+    parser.add_argument("--input-size", "--frame-size", dest="frame_size", default=None,
                         help="camera frame WIDTHxHEIGHT (default: the size the checkpoint was "
                              "trained at, else 1024x512)")
     parser.add_argument("--confidence", action="store_true", help="also output a uint8 confidence map")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     target = engine_target(args.backend, "fp32" if args.fp32 else args.precision)
     model, meta = load_model(args.checkpoint, args.model)
     frame_size = input_size_for(meta, parse_size(args.frame_size) if args.frame_size else None,
-                                "--frame-size")
+                                "--input-size")
     frames = _parity_frames(args.frames, frame_size)
     model.eval()
     store = EngineStore(args.store, keep=args.keep)

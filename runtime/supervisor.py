@@ -95,7 +95,7 @@ def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> No
         return
     width, height = cfg.input_size
     command = [sys.executable, "-c", "from iapc.cli import main; main()", "export",
-               "--checkpoint", checkpoint, "--store", str(store), "--frame-size", f"{width}x{height}",
+               "--checkpoint", checkpoint, "--store", str(store), "--input-size", f"{width}x{height}",
                "--backend", cfg.backend, "--precision", cfg.precision, "--keep", "1"]
     command += ["--model", cfg.model] if cfg.model else []
     command += ["--confidence"] if cfg.confidence else []

@@ -146,7 +146,7 @@ def test_train_source_cli_writes_a_checkpoint(source_root, tmp_path, capsys):
                      "--device", "cpu", "--eval-split", "val"])
     assert code == 0 and out.is_file()
     _, meta = load_model(out)
-    assert meta["config"]["optimizer"] == "sgd" and tuple(meta["config"]["crop"]) == (24, 48)
+    assert meta["config"]["optimizer"] == "sgd" and tuple(meta["config"]["crop"]) == (48, 24)  # WxH
     assert "mIoU" in capsys.readouterr().out
 
 

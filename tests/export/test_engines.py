@@ -132,7 +132,7 @@ def test_export_cli_stores_the_target(tmp_path, tiny_model, capsys):
     checkpoint = tmp_path / "tiny.pth"
     save_checkpoint(checkpoint, "tiny", tiny_model)
     assert _main(["export", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "s"),
-                  "--frame-size", "128x64", "--backend", "onnxruntime", "--precision", "fp16"]) == 0
+                  "--input-size", "128x64", "--backend", "onnxruntime", "--precision", "fp16"]) == 0
     assert "onnxruntime fp16 on cpu" in capsys.readouterr().out
     manifest = EngineStore(tmp_path / "s").current().manifest
     assert manifest["precision"] == "fp16" and manifest["parity"]["min_agreement"] == 0.99
