@@ -224,10 +224,6 @@ class IAPC(Adapter):
         self.state.load_state_dict(state["adapt_state"])
         self.step_count = self.state.step
 
-    def reset(self):
-        source = self.source
-        self.__init__(source, self.cfg)
-
     def recalibrate(self, batch):
         super().recalibrate(batch)
         self.memory.load_state_dict(self.target.state_dict())  # same weights after a reset
