@@ -41,8 +41,8 @@ def make_daemon(tmp_path, **settings):
     cfg.adaptation.batch_size = 2
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
-    d = AdaptationDaemon(cfg, str(checkpoint))
-    d.events = EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET))
+    d = AdaptationDaemon(cfg, str(checkpoint),
+                         EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET)))
     for image in sample_frames(12, SIZE, seed=2):
         d.keep(image)
     return d, events

@@ -70,8 +70,8 @@ def daemon_on_tiny(tmp_path, method: str = "iapc", **adaptation):
         setattr(cfg.adaptation, key, value)
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
-    daemon = AdaptationDaemon(cfg, str(checkpoint))
-    daemon.events = EventSender(ipc_address(tmp_path / "run", EVENTS_SOCKET))
+    daemon = AdaptationDaemon(cfg, str(checkpoint),
+                              EventSender(ipc_address(tmp_path / "run", EVENTS_SOCKET)))
     try:
         yield daemon, events
     finally:

@@ -105,8 +105,8 @@ def daemon(tmp_path, frames):
     cfg.adaptation.batch_size = 2
     (tmp_path / "run").mkdir()
     events = Events(tmp_path / "run")
-    d = AdaptationDaemon(cfg, str(checkpoint))
-    d.events = EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET))
+    d = AdaptationDaemon(cfg, str(checkpoint),
+                         EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET)))
     for image in sample_frames(12, SIZE, seed=2):
         d.keep(image)
     assert len(d.frames.holdout) == 3 and len(d.frames) == 9  # every 4th frame is held out

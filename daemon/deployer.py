@@ -1,0 +1,125 @@
+"""Deploying: every N updates or T seconds the adapted network goes through
+:func:`iapc.export.deploy.deploy` (export, the runtime's engine built for its target, parity and
+health gates on that engine, store) and the new version is announced; a candidate a gate refuses
+is not deployed and the state rolls back; a failed export (disk full) is reported and retried at
+the next one, the engine in service stays."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from iapc.adapt.methods import deployed
+from iapc.daemon.buffer import FrameBuffer
+from iapc.daemon.engine_health import score_engine
+from iapc.daemon.health import check_health
+from iapc.daemon.progress import Progress
+from iapc.daemon.state import StateKeeper
+from iapc.export.deploy import Candidate, DeployOptions, deploy
+from iapc.export.engines import engine_target
+from iapc.export.parity import min_agreement_for
+from iapc.export.runner_base import Runner
+from iapc.export.store import EngineStore
+from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.events import EventType
+
+log = logging.getLogger("iapc.daemon")
+
+EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
+
+
+class Deployer:
+    """Deploys ``adapter``'s network into ``store``; ``losses`` gives the last step's figures for
+    the manifest, ``beat`` is called between the slow stages (the heartbeat)."""
+
+    def __init__(self, cfg: RuntimeConfig, store: EngineStore, adapter, frames: FrameBuffer,
+                 state: StateKeeper, progress: Progress, events, work_dir: Path,
+                 losses: Callable[[], dict], beat: Callable[[], None]):
+        self.cfg, self.store, self.adapter, self.frames = cfg, store, adapter, frames
+        self.state, self.progress, self.events, self.work_dir = state, progress, events, work_dir
+        self.losses, self.beat = losses, beat
+        # the engine the inference process will serve: built, gated and stored here
+        self.target = engine_target(cfg.backend, cfg.precision)
+        self.min_agreement = min_agreement_for(cfg.adaptation.min_agreement,
+                                               self.target.reduced_precision)
+        self.last_export = time.monotonic()
+
+    def export_due(self) -> bool:
+        a, p = self.cfg.adaptation, self.progress
+        by_steps = p.updates_since_deploy >= a.export_every_steps
+        by_time = (a.export_every_seconds is not None
+                   and time.monotonic() - self.last_export >= a.export_every_seconds
+                   and p.updates_since_deploy > 0)
+        return by_steps or by_time
+
+    def export_version(self) -> int | None:
+        """Deploy the adapted network; the new version, or None (rejected and rolled back; or
+        the export failed, the engine in service stays and the export is retried later). The
+        time cadence counts from the end of this export, whatever its outcome."""
+        try:
+            return self._export()
+        finally:
+            self.last_export = time.monotonic()
+
+    def _export(self) -> int | None:
+        started = time.perf_counter()
+        options = DeployOptions(frame_size=self.cfg.input_size, confidence=self.cfg.confidence,
+                                min_agreement=self.min_agreement, target=self.target,
+                                parity_source="stream")
+        try:
+            # eval mode: export the running BN statistics, not batch statistics
+            with deployed(self.adapter.deployable()) as network, \
+                    tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.work_dir) as tmp:
+                result = deploy(self.candidate(network), self.store,
+                                self.frames.parity_frames(self.cfg.input_size), options, Path(tmp),
+                                health_gate=self.health_gate, beat=self.beat)
+        except OSError as err:  # disk full, read-only store: keep the engine in service
+            reason = f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}"
+            log.error("export at step %d failed, keeping the engine in service: %s",
+                      self.adapter.step_count, reason)
+            self.events.send(EventType.EXPORT_FAILED, step=self.adapter.step_count, reason=reason)
+            return None
+        if result.rejected_by is not None:
+            self.reject(result.rejected_by, result.reason, result.health)
+            return None
+        version = result.version
+        self.state.save(version.number)
+        seconds = time.perf_counter() - started
+        self.events.send(EventType.VERSION, version=version.number, step=self.adapter.step_count,
+                         parity=result.parity.agreement, health=result.health,
+                         export_s=round(seconds, 3),
+                         statistics_updates=self.progress.statistics_updates)
+        log.info("published engine %s at step %d (%.2f s)", version.name,
+                 self.adapter.step_count, seconds)
+        return version.number
+
+    def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
+        step = self.adapter.step_count
+        log.warning("%s gate rejected step %d: %s", gate, step, reason)
+        self.events.send(EventType.REJECTED, gate=gate, step=step, reason=reason,
+                         **({"health": figures} if figures else {}))
+        self.state.rollback(f"{gate} gate: {reason}")
+
+    def candidate(self, network: torch.nn.Module) -> Candidate:
+        return Candidate(network, model=self.cfg.model, num_classes=self.cfg.num_classes,
+                         method=self.state.method.method, step=self.adapter.step_count,
+                         config=self.cfg.to_dict(), extra={"losses": self.losses()})
+
+    def health_gate(self, network: torch.nn.Module, engine: Runner):
+        """The health report of the candidate's weights and of its ``engine`` (the one to be
+        served, :mod:`iapc.daemon.engine_health`), or None when the gate is off or has no
+        frames."""
+        frames = self.frames.health_frames()
+        untouched = self.adapter.step_count == 0 and self.progress.statistics_updates == 0
+        if not self.cfg.health.enabled or frames is None or untouched:
+            return None  # the source model itself (at most recalibrated): nothing to compare
+        with deployed(self.adapter.memory_network()) as memory:
+            report = check_health(network, self.state.serving, self.adapter.source, memory,
+                                  frames, self.cfg.health)
+        return score_engine(report, engine, network, frames, self.cfg.health, self.min_agreement)

@@ -1,0 +1,80 @@
+"""Domain tracking in the daemon: the frames' domain is followed (:mod:`iapc.daemon.domains`);
+on a change the adapted state of the domain left is banked, the one entered is restored from
+the bank (a domain seen before) or starts from the source model with its own BatchNorm
+statistics and a statistics phase (a new one), and its engine is deployed at once."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from iapc.daemon.buffer import FrameBuffer
+from iapc.daemon.domains import DomainBank, Shift
+from iapc.daemon.progress import Progress
+from iapc.daemon.state import StateKeeper
+from iapc.runtime.config import RuntimeConfig
+from iapc.runtime.events import EventType
+
+log = logging.getLogger("iapc.daemon")
+
+
+class DomainSwitcher:
+    """Off (``tracker`` None) unless the domain bank is on and the method adapts weights."""
+
+    def __init__(self, cfg: RuntimeConfig, adapter, frames: FrameBuffer, state: StateKeeper,
+                 progress: Progress, events, store_root: Path,
+                 statistics_phase_frames: Callable[[], int], deploy: Callable[[], object]):
+        self.cfg, self.adapter, self.frames, self.state = cfg, adapter, frames, state
+        self.progress, self.events = progress, events
+        self.statistics_phase_frames, self.deploy = statistics_phase_frames, deploy
+        a = cfg.adaptation
+        self.bank, self.tracker, self.order = None, None, []
+        if a.domain_bank and a.enabled and adapter.updates_weights:
+            self.bank = DomainBank(store_root, a.domain_bank_size)
+            self.tracker, self.order = self.bank.load_tracker(
+                z_threshold=a.shift_z, window=a.shift_window, min_frames=a.domain_min_frames,
+                match_factor=a.shift_match_factor, return_window=a.shift_return_window)
+
+    @property
+    def current(self) -> int | None:
+        return self.tracker.current if self.tracker is not None else None
+
+    def observe(self, image: np.ndarray) -> None:
+        """A received frame, which may reveal that the stream changed domain."""
+        shift = self.tracker.observe(image) if self.tracker is not None else None
+        if shift is not None:
+            self.switch(shift)
+
+    def switch(self, shift: Shift) -> None:
+        """Bank the state of the domain left; resume the one entered from its banked state, or
+        start a new one from the source model with its own BatchNorm statistics; deploy it now."""
+        self.bank.folder.mkdir(parents=True, exist_ok=True)
+        self.state.write(self.bank.state_path(shift.came_from), None)
+        # frames of the old domain must not train the new one's state
+        latest = self.frames.keep_only_latest(self.cfg.adaptation.shift_window)
+        restored = shift.known and self.bank.has(shift.to)
+        if restored:
+            self.state.load(self.bank.state_path(shift.to))
+        else:
+            self.adapter.reset()
+            self.progress.statistics_updates = 0
+            if latest is not None:
+                self.adapter.recalibrate(latest)
+        # a banked state's statistics already follow its domain; a new one's come from a dozen
+        # frames
+        self.progress.statistics_frames_left = 0 if restored else self.statistics_phase_frames()
+        self.order = [d for d in self.order if d != shift.to] + [shift.to]
+        self.order = self.bank.evict(self.tracker, self.order)
+        self.bank.save_tracker(self.tracker, self.order)
+        # the engine this domain was last served with is the health gate's reference
+        self.state.follow_service()
+        log.info("domain shift %d -> %d (%s, score %.2f)", shift.came_from, shift.to,
+                 "banked state" if restored else "new: source model, own BN statistics",
+                 shift.score)
+        self.events.send(EventType.DOMAIN_SHIFT, domain=shift.to, known=restored,
+                         score=round(shift.score, 3), step=self.adapter.step_count,
+                         **{"from": shift.came_from})
+        self.deploy()
