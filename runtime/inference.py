@@ -44,9 +44,16 @@ def make_runner_loader(cfg: RuntimeConfig):
 
 def source_runner(store, load_runner):
     """An inactive runner of the store's source-weights engine (its first version, step 0), or
-    None when the store no longer holds it (a restart after old versions were pruned)."""
+    None when the store no longer holds it (a restart after old versions were pruned) or holds
+    it for another engine target (then the live comparison is left out, with a warning)."""
     version = next((v for v in store.versions() if v.manifest.get("step") == 0), None)
-    return load_runner(version) if version is not None else None
+    if version is None:
+        return None
+    try:
+        return load_runner(version)
+    except UserError as err:
+        log.warning("no live comparison with the source engine: %s", err)
+        return None
 
 
 def new_boot_id() -> str:

@@ -58,3 +58,15 @@ def test_a_store_for_another_device_names_only_a_new_store(tmp_path):
 def test_a_plain_onnx_store_still_serves_on_onnx_runtime(tmp_path):
     _store(tmp_path)  # published by hand or by an older release: no target
     check_store_fits(_config(tmp_path, "--backend", "onnxruntime"))
+
+
+def test_the_live_comparison_leaves_out_a_source_engine_of_another_target(tmp_path):
+    from iapc.export.engines import serving_runner
+    from iapc.runtime.inference import source_runner
+
+    store = _store(tmp_path, step=0, backend="tensorrt", precision="fp16", device="another GPU")
+    here = EngineTarget("onnxruntime", "fp32", "cpu")
+    assert source_runner(store, lambda v: serving_runner(v, here)) is None
+    plain = EngineStore(tmp_path / "plain")
+    plain.publish(store.current().onnx_path, manifest_extra={"step": 0})
+    assert source_runner(plain, lambda v: serving_runner(v, here)) is not None
