@@ -22,12 +22,12 @@ from iapc.daemon.health import check_health
 from iapc.daemon.progress import Progress
 from iapc.daemon.state import StateKeeper
 from iapc.export.deploy import Candidate, DeployOptions, deploy
-from iapc.export.engines import engine_target
+from iapc.engines.targets import engine_target
 from iapc.export.parity import min_agreement_for
-from iapc.export.runner_base import Runner
-from iapc.export.store import EngineStore
+from iapc.engines.runner_base import Runner
+from iapc.engines.store import EngineStore
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 
 log = logging.getLogger("iapc.daemon")
 

@@ -16,7 +16,7 @@ from iapc.daemon.domains import DomainBank, Shift
 from iapc.daemon.progress import Progress
 from iapc.daemon.state import StateKeeper
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 
 log = logging.getLogger("iapc.daemon")
 

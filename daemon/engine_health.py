@@ -15,7 +15,7 @@ from torch import nn
 
 from iapc.daemon.health import HealthReport
 from iapc.export.parity import compare_masks
-from iapc.export.runner_base import Runner
+from iapc.engines.runner_base import Runner
 from iapc.runtime.config import HealthConfig
 
 IGNORE = 255  # not a class

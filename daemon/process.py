@@ -54,11 +54,11 @@ from iapc.daemon.progress import Heartbeat, Progress
 from iapc.daemon.state import StateKeeper
 from iapc.daemon.stepping import Stepper
 from iapc.errors import UserError, run_cli
-from iapc.export.store import EngineStore
-from iapc.runtime import run_folder
+from iapc.engines.store import EngineStore
+from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.handoff import EventSender, FrameReceiver
-from iapc.runtime.run_folder import ipc_address
+from iapc.contracts.handoff import EventSender, FrameReceiver
+from iapc.contracts.run_folder import ipc_address
 
 log = logging.getLogger("iapc.daemon")
 
@@ -94,7 +94,7 @@ class AdaptationDaemon:
     (:class:`~iapc.daemon.stepping.Stepper`), deploying (:class:`~iapc.daemon.deployer.Deployer`),
     domain tracking (:class:`~iapc.daemon.domain_switch.DomainSwitcher`), persistence
     (:class:`~iapc.daemon.state.StateKeeper`) and the heartbeat; ``events`` is the
-    :class:`~iapc.runtime.handoff.EventSender` to the inference process."""
+    :class:`~iapc.contracts.handoff.EventSender` to the inference process."""
 
     def __init__(self, cfg: RuntimeConfig, checkpoint: str, events):
         self.cfg, self.events = cfg, events

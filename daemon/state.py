@@ -16,7 +16,7 @@ from iapc.adapt.method import AdaptConfig
 from iapc.daemon.progress import Progress
 from iapc.errors import UserError
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 
 log = logging.getLogger("iapc.daemon")
 

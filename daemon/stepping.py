@@ -13,7 +13,7 @@ import torch
 from iapc.daemon.buffer import FrameBuffer
 from iapc.daemon.progress import Progress
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 
 STATS_EVERY = 5  # steps between the adaptation figures sent to the inference process
 

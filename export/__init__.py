@@ -1,12 +1,15 @@
-"""iapc.export: from a PyTorch model to a deployed engine.
+"""iapc.export: the torch side of the engines, from a PyTorch model to a deployed engine.
 
 - ``onnx_export``: the ONNX graph with pre/post-processing inside (uint8 BGR frames in, uint8
   mask and optional confidence out);
-- ``runners`` (``runner_base``, ``runner_tensorrt``, ``runner_onnxrt``, ``runner_torch``): one
-  ``activate / infer / deactivate`` interface per backend, ``make_runner`` to pick one;
+- ``deploy``: the deployment pipeline of ``iapc export`` and the daemon (export, the target's
+  engine, gates, store);
 - ``parity``: the gate that compares an engine's masks with PyTorch's;
-- ``store``: the versioned, atomic engine store the inference loop reads;
+- ``runner_torch``: the PyTorch runner (checks and development); ``runners``: ``make_runner``,
+  one factory over every backend for tools;
 - ``cli``: ``iapc export``.
 
-Nothing is imported here, so ``import iapc.export.store`` stays free of torch.
+The torch-free half (engine targets, the other runners, the store and its manifest) is
+:mod:`iapc.engines`; ``store``, ``runner_onnxrt`` and ``runner_tensorrt`` here are its old names,
+kept for ``benchmarks/`` only. Nothing is imported here.
 """

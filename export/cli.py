@@ -2,7 +2,7 @@
 
     iapc export --checkpoint run/source.pth --store run/engines --input-size 1024x512
 
-The engine built for ``--backend`` and ``--precision`` here (:mod:`iapc.export.engines`) is the one
+The engine built for ``--backend`` and ``--precision`` here (:mod:`iapc.engines.targets`) is the one
 gated and stored; it is published only if its masks agree with the PyTorch model's on recorded frames
 (``--frames DIR``) or on generated street-like frames (``--frames synthetic``, the default).
 """
@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from iapc.export.engines import BACKENDS, PRECISIONS
+from iapc.engines.targets import BACKENDS, PRECISIONS
 
 PARITY_FRAMES = 4
 
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from iapc.errors import UserError
     from iapc.export.deploy import Candidate, DeployOptions, deploy
     from iapc.export.parity import default_min_agreement
-    from iapc.export.engines import engine_target
-    from iapc.export.store import EngineStore
+    from iapc.engines.targets import engine_target
+    from iapc.engines.store import EngineStore
     from iapc.options import parse_size
 
     _check_arguments(args)

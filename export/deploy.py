@@ -1,6 +1,6 @@
 """The deployment pipeline, one for ``iapc export`` and the adaptation daemon:
 
-    network -> ONNX -> the target's engine (:mod:`iapc.export.engines`: a TensorRT engine, or the
+    network -> ONNX -> the target's engine (:mod:`iapc.engines.targets`: a TensorRT engine, or the
             ONNX file ONNX Runtime serves) -> parity gate on that engine -> health gate (the
             daemon's, given that engine too) -> engine store (one manifest schema, naming the
             target) -> Deployment
@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
-from iapc.export.engines import EngineTarget, build_engine, gate_runner
-from iapc.export.manifest import engine_manifest
+from iapc.engines.targets import EngineTarget, build_engine, gate_runner
+from iapc.engines.manifest import engine_manifest
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import ParityReport, check_parity
-from iapc.export.runner_base import Runner
+from iapc.engines.runner_base import Runner
 
 TIMING_CACHE = "timing.cache"  # in the store's root: TensorRT rebuilds after adaptation reuse it
 
@@ -47,7 +47,7 @@ class Candidate:
 class DeployOptions:
     frame_size: tuple[int, int]  # (W, H) the engine takes
     min_agreement: float  # the parity gate's bound for this target's precision
-    target: EngineTarget  # the engine built, gated and stored (iapc.export.engines.engine_target)
+    target: EngineTarget  # the engine built, gated and stored (iapc.engines.targets.engine_target)
     confidence: bool = False
     dynamic_batch: bool = False
     threads: int | None = 1  # ONNX Runtime intra-op threads of the parity check

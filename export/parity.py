@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from iapc.errors import UserError
-from iapc.export.runner_base import Runner, check_frames
+from iapc.engines.runner_base import Runner, check_frames
 from iapc.export.runner_torch import TorchRunner
 
 if TYPE_CHECKING:

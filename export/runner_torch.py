@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from iapc.export.runner_base import Runner
+from iapc.engines.runner_base import Runner
 
 if TYPE_CHECKING:  # torch is imported in activate_impl only
     from torch import nn

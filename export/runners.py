@@ -1,7 +1,7 @@
 """One entry point for every backend, for tools and checks: :func:`make_runner`.
 
 The inference process does not use it: it serves a store version through
-:func:`iapc.export.engines.serving_runner`, which never builds an engine. Importing this module
+:func:`iapc.engines.targets.serving_runner`, which never builds an engine. Importing this module
 imports neither torch nor tensorrt; each runner imports its library in ``activate()``. ``auto``
 picks TensorRT when it is installed and a GPU exists, then ONNX Runtime on CUDA, then ONNX
 Runtime on the CPU (the embedded default on a machine without a GPU).
@@ -13,10 +13,10 @@ import os
 from typing import TYPE_CHECKING
 
 from iapc.errors import UserError
-from iapc.export.engines import BACKENDS, resolve_backend
-from iapc.export.runner_base import Runner
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
-from iapc.export.runner_tensorrt import EngineFromOnnx, TensorRTRunner
+from iapc.engines.targets import BACKENDS, resolve_backend
+from iapc.engines.runner_base import Runner
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
+from iapc.engines.runner_tensorrt import EngineFromOnnx, TensorRTRunner
 from iapc.export.runner_torch import TorchRunner
 
 if TYPE_CHECKING:

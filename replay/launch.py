@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from iapc.replay.plan import ReplayConfig, ReplayPlan
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 
 SUBSCRIBER_RCVHWM = 10000  # buffer masks in the socket rather than lose them to a busy collector
 

@@ -16,7 +16,7 @@ import platform
 import numpy as np
 
 from iapc.metrics import scores_of_matrix
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 from iapc.runtime.protocol import StatusKind
 
 FORGETTING_TOLERANCE = 0.5  # mIoU points a domain may lose from its first to its last round

@@ -205,9 +205,9 @@ def check_store_fits(cfg: RuntimeConfig) -> None:
     """A store whose engines take another input size, or were built for another engine target
     (backend, precision, device), would be refused version after version by the inference
     process: refuse it here, once, with what to do."""
-    from iapc.export.engines import engine_target, misfit
-    from iapc.export.manifest import manifest_input_size
-    from iapc.export.store import EngineStore
+    from iapc.engines.targets import engine_target, misfit
+    from iapc.engines.manifest import manifest_input_size
+    from iapc.engines.store import EngineStore
 
     store = cfg.resolved_store()
     if not store.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iapc.errors import UserError
-from iapc.export.engines import BACKENDS, PRECISIONS
+from iapc.engines.targets import BACKENDS, PRECISIONS
 from iapc.method_config import AdaptConfig
 from iapc.options import parse_size as _parse_size
 from iapc.settings import check, from_plain, setting, to_plain
@@ -187,7 +187,7 @@ class RuntimeConfig:
         return Path(self.run_dir) if self.run_dir else default_cache_dir() / "run"
 
     def resolved_store(self) -> Path:
-        from iapc.runtime.run_folder import STORE
+        from iapc.contracts.run_folder import STORE
 
         return Path(self.store) if self.store else self.resolved_run_dir() / STORE
 

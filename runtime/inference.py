@@ -16,12 +16,12 @@ from pathlib import Path
 
 
 from iapc.errors import UserError, run_cli
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.handoff import EventReceiver, FrameHandoff
+from iapc.contracts.handoff import EventReceiver, FrameHandoff
 from iapc.runtime.live_score import LiveScore
 from iapc.runtime.loop import InferenceLoop
-from iapc.runtime.run_folder import ipc_address
+from iapc.contracts.run_folder import ipc_address
 from iapc.runtime.sources import CaptureThread, make_source
 from iapc.runtime.swap import EngineManager
 
@@ -32,7 +32,7 @@ def make_runner_loader(cfg: RuntimeConfig):
     """Store version -> inactive runner of the engine stored in it, for this process's engine
     target (backend, precision, device). A version built for another target, or a TensorRT
     version without its engine, raises: the engine manager rejects it. Nothing is built here."""
-    from iapc.export.engines import engine_target, serving_runner
+    from iapc.engines.targets import engine_target, serving_runner
 
     target = engine_target(cfg.backend, cfg.precision)
 
@@ -71,7 +71,7 @@ def curve_keys(cfg: RuntimeConfig):
 
 
 def run_inference(cfg: RuntimeConfig) -> int:
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
     from iapc.runtime.metrics import RuntimeMetrics
     from iapc.runtime.publisher import CLOSE_LINGER_MS, MaskPublisher
 

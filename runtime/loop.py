@@ -7,7 +7,7 @@ non-blocking hand-off; nothing here ever waits on the daemon or on subscribers.
 
 Every decision and fault reaches the status topic (``kind`` ``adaptation``, ``engine``,
 ``source``) and the ``iapc_runtime_events`` metric: the daemon's and the supervisor's events
-(:mod:`iapc.runtime.events`: engines deployed or rejected by the gates, rollbacks, failed
+(:mod:`iapc.contracts.events`: engines deployed or rejected by the gates, rollbacks, failed
 exports, domain shifts, hung and restarted daemons), engines that failed to load here, and camera
 outages. Bad frames are skipped and counted (``frames_failed``), never fatal.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from iapc.runtime.events import EventType, decision_of, event_type
+from iapc.contracts.events import EventType, decision_of, event_type
 from iapc.runtime.metrics import LatencyStats, RateMeter
 from iapc.runtime.protocol import TOPIC_CONF, ENCODING_CONFIDENCE, MaskHeader, StatusKind
 

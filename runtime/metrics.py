@@ -57,7 +57,7 @@ class RuntimeMetrics:
         self.live_miou = Gauge("iapc_live_miou", "mIoU over the recent labelled frames, by engine "
                                "(serving: the engine in service; source: the source engine on "
                                "the same frames)", ["engine"], registry=r)
-        # one label per decision kind: iapc.runtime.events.DECISIONS
+        # one label per decision kind: iapc.contracts.events.DECISIONS
         self.events = Counter(
             "iapc_runtime_events", "Adaptation decisions and faults survived, by kind", ["kind"],
             registry=r,

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from iapc.runtime.events import DECISIONS, adaptation_types_meaning
+from iapc.contracts.events import DECISIONS, adaptation_types_meaning
 
 PROTOCOL_VERSION = 1
 
@@ -483,11 +483,11 @@ def status_reference_markdown() -> str:
 
 # The generated sections of docs/PROTOCOL.md: (first line, last line, generator).
 def _generated_sections():
-    from iapc.runtime.events import event_reference_markdown
+    from iapc.contracts.events import event_reference_markdown
 
     return (("<!-- status kinds: generated from runtime/protocol.py STATUS_SPECS -->",
              "<!-- end of status kinds -->", status_reference_markdown),
-            ("<!-- events: generated from runtime/events.py EVENT_SPECS -->",
+            ("<!-- events: generated from iapc/contracts/events.py EVENT_SPECS -->",
              "<!-- end of events -->", event_reference_markdown))
 
 

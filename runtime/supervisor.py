@@ -18,7 +18,7 @@ store holds; ``serve_store=True`` (``--resume-latest``) serves the store's newes
 
 Both children are plain ``python -m`` processes so the inference process never imports torch.
 Their logs go to ``RUN/inference.log`` and ``RUN/daemon.log`` (the names are
-:func:`~iapc.runtime.run_folder.log_name`'s); one-line user errors reach the terminal.
+:func:`~iapc.contracts.run_folder.log_name`'s); one-line user errors reach the terminal.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 
 log = logging.getLogger("iapc.runtime.supervisor")
 
@@ -76,7 +76,7 @@ def source_engine_store(cfg: RuntimeConfig, checkpoint: str) -> Path:
     device), so another checkpoint, size or target gets its own engine and the adapted store is
     never touched.
     """
-    from iapc.export.engines import engine_target
+    from iapc.engines.targets import engine_target
     from iapc.files import sha256_of
 
     width, height = cfg.input_size
@@ -89,7 +89,7 @@ def source_engine_store(cfg: RuntimeConfig, checkpoint: str) -> Path:
 def export_source_engine(cfg: RuntimeConfig, checkpoint: str, store: Path) -> None:
     """``iapc export`` of the source checkpoint into ``store`` unless it already holds one."""
     from iapc.errors import UserError
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
 
     if EngineStore(store).current() is not None:
         return
@@ -240,7 +240,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
-        from iapc.runtime.handoff import EventSender
+        from iapc.contracts.handoff import EventSender
 
         if self.daemon is not None:
             self.daemon.start()  # it publishes the first engine when the store is empty

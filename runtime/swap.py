@@ -6,7 +6,7 @@ activates it and warms it on a frame of the input size. Only then is it offered 
 which switches between two frames with :meth:`EngineManager.activate_pending`; the old runner is
 deactivated later by the watcher thread, never while a frame may use it.
 
-Only stored engines are served: the runner loader (:func:`iapc.export.engines.serving_runner`)
+Only stored engines are served: the runner loader (:func:`iapc.engines.targets.serving_runner`)
 loads the file the daemon built and gated for this process's target and refuses any other, so
 nothing is built here. With TensorRT each version is a fresh engine the daemon built (the store's
 timing cache shortens rebuilds), deserialised here into its own engine object; no engine is

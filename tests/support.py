@@ -64,8 +64,8 @@ class Events:
     """Receives the daemon's events on the ipc socket the inference process would bind."""
 
     def __init__(self, run_dir):
-        from iapc.runtime.handoff import EventReceiver
-        from iapc.runtime.run_folder import EVENTS_SOCKET, ipc_address
+        from iapc.contracts.handoff import EventReceiver
+        from iapc.contracts.run_folder import EVENTS_SOCKET, ipc_address
 
         self.receiver = EventReceiver(ipc_address(run_dir, EVENTS_SOCKET))
 

@@ -13,15 +13,56 @@ import sys
 import pytest
 
 # Packages whose every module stays torch-free ...
-TORCH_FREE_PACKAGES = ("iapc.runtime", "iapc.ros_bridge", "iapc.synth", "iapc.replay")
-# (the torch side is iapc.adapt, iapc.daemon and the exporting half of iapc.export)
+TORCH_FREE_PACKAGES = ("iapc.contracts", "iapc.engines", "iapc.runtime", "iapc.ros_bridge",
+                       "iapc.synth", "iapc.replay")
+# (the torch side is iapc.adapt, iapc.daemon and iapc.export)
 TORCH_SIDE: set[str] = set()
-# Shared top-level modules and the engine code the inference process loads.
+# Shared top-level modules, the tools' runner factory and the engines' old names (benchmarks/).
 TORCH_FREE_MODULES = ("iapc", "iapc.cache", "iapc.cli", "iapc.data", "iapc.errors", "iapc.files",
-                      "iapc.labels", "iapc.metrics", "iapc.method_config", "iapc.options", "iapc.settings",
-                      "iapc.shipped", "iapc.export.engines", "iapc.export.manifest", "iapc.export.runners",
-                      "iapc.export.runner_base", "iapc.export.runner_onnxrt",
-                      "iapc.export.runner_tensorrt", "iapc.export.store")
+                      "iapc.labels", "iapc.metrics", "iapc.method_config", "iapc.options",
+                      "iapc.settings", "iapc.shipped", "iapc.export.runners", "iapc.export.store",
+                      "iapc.export.runner_onnxrt", "iapc.export.runner_tensorrt")
+# Old module names kept for benchmarks/ only: nothing else in the package or the tests uses them.
+OLD_NAMES = ("iapc.export.store", "iapc.export.runner_onnxrt", "iapc.export.runner_tensorrt",
+             "iapc.runtime.run_folder")
+
+
+def test_the_daemon_and_the_inference_process_meet_only_through_shared_packages():
+    """Package-level imports: the runtime imports nothing of the daemon, the daemon of the
+    runtime only its configuration, and neither the engines nor the contracts import a side;
+    the old module names are used by the benchmarks alone."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def imports(folder: str) -> set[str]:
+        names = set()
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.Import):
+                    names |= {a.name for a in node.names}
+        return {n for n in names if n.startswith("iapc.")}
+
+    assert not {n for n in imports("runtime") if n.startswith("iapc.daemon")}
+    assert {n for n in imports("daemon") if n.startswith("iapc.runtime")} <= {
+        "iapc.runtime.config", "iapc.runtime.config.RuntimeConfig",
+        "iapc.runtime.config.HealthConfig", "iapc.runtime.config.AdaptationConfig"}
+    for shared in ("iapc/engines", "iapc/contracts"):
+        sides = ("iapc.runtime", "iapc.daemon", "iapc.export", "iapc.adapt", "iapc.replay")
+        assert not {n for n in imports(shared) if n.startswith(sides)}, shared
+    for folder in ("adapt", "daemon", "export", "runtime", "replay", "iapc", "ros_bridge", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            for old in OLD_NAMES:
+                package, name = old.rsplit(".", 1)
+                used = re.search(rf"{re.escape(old)}\b|from {re.escape(package)} import {name}\b",
+                                 text)
+                assert not used or path.name == "test_import_boundary.py", f"{path}: {old}"
+
 
 PROBE = """
 import importlib, json, sys
@@ -47,7 +88,7 @@ def torch_free_modules() -> list[str]:
 
 def test_the_list_covers_the_inference_process_modules():
     for name in ("iapc.runtime.sources", "iapc.runtime.loop", "iapc.runtime.swap",
-                 "iapc.runtime.handoff", "iapc.runtime.publisher", "iapc.runtime.protocol",
+                 "iapc.contracts.handoff", "iapc.runtime.publisher", "iapc.runtime.protocol",
                  "iapc.runtime.metrics", "iapc.runtime.supervisor", "iapc.runtime.inference",
                  "iapc.runtime.cli", "iapc.synth.stream", "iapc.ros_bridge.bridge"):
         assert name in torch_free_modules()

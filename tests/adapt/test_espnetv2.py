@@ -175,7 +175,7 @@ def test_training_on_odd_crops(small):
 def test_onnx_export_matches_pytorch(tmp_path, small, frame_size):
     from iapc.export.onnx_export import export_onnx
     from iapc.export.parity import check_parity
-    from iapc.export.runner_onnxrt import OnnxRuntimeRunner
+    from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
     from iapc.synth import sample_frames
 
     path = export_onnx(small, tmp_path / "espnetv2.onnx", frame_size=frame_size,

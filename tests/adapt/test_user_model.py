@@ -64,7 +64,7 @@ def test_the_runtime_reads_a_factory_checkpoint_in_its_own_process(tmp_path):
 def test_a_factory_model_exports_and_passes_the_parity_gate(tmp_path):
     from iapc.export.onnx_export import export_onnx
     from iapc.export.parity import check_parity
-    from iapc.export.runner_onnxrt import OnnxRuntimeRunner
+    from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
     import numpy as np
 
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import torch
 
 from support import SIZE, Events, diverse_model
 
-from iapc.export.store import EngineStore
-from iapc.runtime import run_folder
+from iapc.engines.store import EngineStore
+from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
 from iapc.synth import sample_frames
 
@@ -17,8 +17,8 @@ from iapc.synth import sample_frames
 def make(tmp_path):
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.daemon.process import AdaptationDaemon
-    from iapc.runtime.handoff import EventSender
-    from iapc.runtime.run_folder import ipc_address
+    from iapc.contracts.handoff import EventSender
+    from iapc.contracts.run_folder import ipc_address
 
     checkpoint = tmp_path / "source.pt"
     if not checkpoint.is_file():

@@ -15,13 +15,13 @@ from support import SIZE, Events, diverse_model
 
 from iapc.daemon.engine_health import score_engine
 from iapc.daemon.health import HealthReport
-from iapc.export import engines
-from iapc.export.engines import EngineTarget, engine_target, serving_runner
+from iapc.engines import targets as engines
+from iapc.engines.targets import EngineTarget, engine_target, serving_runner
 from iapc.export.parity import REDUCED_PRECISION_MIN_AGREEMENT, check_parity
-from iapc.export.runner_base import Runner
-from iapc.export.runner_tensorrt import tensorrt_available
-from iapc.export.store import EngineStore
-from iapc.runtime import run_folder
+from iapc.engines.runner_base import Runner
+from iapc.engines.runner_tensorrt import tensorrt_available
+from iapc.engines.store import EngineStore
+from iapc.contracts import run_folder
 from iapc.runtime.config import HealthConfig, RuntimeConfig
 from iapc.synth import sample_frames
 
@@ -32,8 +32,8 @@ HONEST_CAST = engines.cast_weights_to_fp16
 def make_daemon(tmp_path, **settings):
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.daemon.process import AdaptationDaemon
-    from iapc.runtime.handoff import EventSender
-    from iapc.runtime.run_folder import ipc_address
+    from iapc.contracts.handoff import EventSender
+    from iapc.contracts.run_folder import ipc_address
 
     checkpoint = tmp_path / "source.pt"
     save_checkpoint(checkpoint, "tiny", diverse_model())
@@ -138,7 +138,7 @@ def test_the_health_gate_fails_an_engine_that_is_not_its_weights():
 @pytest.mark.gpu
 @pytest.mark.skipif(not TRT_OK, reason=f"the TensorRT deployment needs tensorrt and a GPU: {TRT_WHY}")
 def test_a_tensorrt_deployment_gates_and_stores_the_engine_it_serves(tmp_path):
-    from iapc.export.runner_tensorrt import TensorRTRunner
+    from iapc.engines.runner_tensorrt import TensorRTRunner
 
     d, events = make_daemon(tmp_path, backend="tensorrt")
     try:

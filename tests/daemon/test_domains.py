@@ -56,8 +56,8 @@ def daemon_on_tiny(tmp_path, method: str = "iapc", **adaptation):
     from iapc.adapt.models import build_model
     from iapc.daemon.process import AdaptationDaemon
     from iapc.runtime.config import RuntimeConfig
-    from iapc.runtime.handoff import EventSender
-    from iapc.runtime.run_folder import EVENTS_SOCKET, ipc_address
+    from iapc.contracts.handoff import EventSender
+    from iapc.contracts.run_folder import EVENTS_SOCKET, ipc_address
     from support import Events
 
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def daemon_on_tiny(tmp_path, method: str = "iapc", **adaptation):
 
 
 def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
 
     with daemon_on_tiny(tmp_path) as (daemon, events):
         assert daemon.export_version() == 1

@@ -12,10 +12,10 @@ from support import SIZE, Events, diverse_model
 
 from iapc.adapt.models import build_model
 from iapc.synth import sample_frames
-from iapc.export.store import EngineStore
+from iapc.engines.store import EngineStore
 from iapc.runtime.config import HealthConfig, RuntimeConfig
 from iapc.daemon.health import check_health, js_divergence, non_finite_tensors, predict
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 
 @pytest.fixture(scope="module")
 def frames():
@@ -96,8 +96,8 @@ def test_a_sudden_distribution_jump_is_rejected(frames):
 def daemon(tmp_path, frames):
     from iapc.adapt.checkpoint import save_checkpoint
     from iapc.daemon.process import AdaptationDaemon
-    from iapc.runtime.handoff import EventSender
-    from iapc.runtime.run_folder import ipc_address
+    from iapc.contracts.handoff import EventSender
+    from iapc.contracts.run_folder import ipc_address
 
     checkpoint = tmp_path / "source.pt"
     save_checkpoint(checkpoint, "tiny", diverse_model())

@@ -11,7 +11,7 @@ import pytest
 from iapc.adapt.checkpoint import save_checkpoint
 from iapc.cli import _main
 from iapc.errors import run_cli
-from iapc.export.store import EngineStore
+from iapc.engines.store import EngineStore
 
 
 def _iapc(*argv: str) -> int:

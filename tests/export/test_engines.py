@@ -1,4 +1,4 @@
-"""The engine that is served is the one that was built, gated and stored (iapc.export.engines):
+"""The engine that is served is the one that was built, gated and stored (iapc.engines.targets):
 deploy builds the target's engine, the parity gate runs that engine, the manifest names the
 target, and a version built for another target is never served. On the CPU the reduced-precision
 engine is ONNX Runtime's fp16 stand-in (weights stored in fp16); an engine whose masks disagree
@@ -12,13 +12,13 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from iapc.errors import UserError
-from iapc.export import engines
+from iapc.engines import targets as engines
 from iapc.export.deploy import Candidate, DeployOptions, deploy
-from iapc.export.engines import EngineTarget, misfit, serving_runner
+from iapc.engines.targets import EngineTarget, misfit, serving_runner
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import REDUCED_PRECISION_MIN_AGREEMENT, min_agreement_for
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner
-from iapc.export.store import EngineStore
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
+from iapc.engines.store import EngineStore
 
 FP32 = EngineTarget("onnxruntime", "fp32", "cpu")
 FP16 = EngineTarget("onnxruntime", "fp16", "cpu")

@@ -11,8 +11,8 @@ import torch
 
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import REDUCED_PRECISION_MIN_AGREEMENT, check_parity
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
-from iapc.export.runner_tensorrt import tensorrt_available
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
+from iapc.engines.runner_tensorrt import tensorrt_available
 from iapc.export.runners import TorchRunner, make_runner
 
 TRT_OK, TRT_WHY = tensorrt_available()
@@ -32,7 +32,7 @@ def _shifted(model):
 
 @pytest.fixture(scope="module")
 def engine(tiny_onnx):
-    from iapc.export.runner_tensorrt import EngineFromOnnx
+    from iapc.engines.runner_tensorrt import EngineFromOnnx
 
     return EngineFromOnnx(tiny_onnx, fp16=True)()
 
@@ -41,7 +41,7 @@ def engine(tiny_onnx):
 @pytest.mark.gpu
 @needs_trt
 def test_tensorrt_fp16_engine_passes_the_gate(engine, tiny_model, frames):
-    from iapc.export.runner_tensorrt import TensorRTRunner
+    from iapc.engines.runner_tensorrt import TensorRTRunner
 
     report = check_parity(TensorRTRunner(engine), tiny_model, frames, REDUCED_PRECISION_MIN_AGREEMENT)
     assert report.passed, report.message
@@ -51,7 +51,7 @@ def test_tensorrt_fp16_engine_passes_the_gate(engine, tiny_model, frames):
 @pytest.mark.gpu
 @needs_trt
 def test_saved_engine_and_timing_cache(tmp_path, tiny_onnx, tiny_model, frames):
-    from iapc.export.runner_tensorrt import EngineFromOnnx, SaveEngine, TensorRTRunner
+    from iapc.engines.runner_tensorrt import EngineFromOnnx, SaveEngine, TensorRTRunner
 
     cache = tmp_path / "timing.cache"
     SaveEngine(EngineFromOnnx(tiny_onnx, fp16=False, timing_cache=cache), tmp_path / "m.engine")()
@@ -67,7 +67,7 @@ def test_saved_engine_and_timing_cache(tmp_path, tiny_onnx, tiny_model, frames):
 @pytest.mark.gpu
 @needs_trt
 def test_refit_standby_engine_with_new_weights(tmp_path, tiny_onnx, tiny_model, frames):
-    from iapc.export.runner_tensorrt import EngineFromOnnx, TensorRTRunner, refit_engine_from_onnx
+    from iapc.engines.runner_tensorrt import EngineFromOnnx, TensorRTRunner, refit_engine_from_onnx
 
     standby = EngineFromOnnx(tiny_onnx, fp16=False)()
     new_model = _shifted(tiny_model).eval()
@@ -84,7 +84,7 @@ def test_refit_standby_engine_with_new_weights(tmp_path, tiny_onnx, tiny_model, 
 @pytest.mark.gpu
 @needs_trt
 def test_make_runner_auto_picks_tensorrt(tiny_onnx):
-    from iapc.export.runner_tensorrt import TensorRTRunner
+    from iapc.engines.runner_tensorrt import TensorRTRunner
 
     assert isinstance(make_runner("auto", onnx_path=tiny_onnx), TensorRTRunner)
 

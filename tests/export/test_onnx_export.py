@@ -14,7 +14,7 @@ from iapc.export.onnx_export import (SegmentationGraph, export_onnx, importance_
                                      read_metadata)
 from iapc.export.parity import check_parity
 from iapc.synth import sample_frames
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
 
 SMALL = (64, 64)
 _LARGE = pytest.mark.slow  # ResNet backbones: a few seconds each even at 64x64

@@ -13,7 +13,7 @@ from iapc.errors import UserError
 from iapc.export.onnx_export import export_onnx
 from iapc.export.parity import (FP32_MIN_AGREEMENT, REDUCED_PRECISION_MIN_AGREEMENT, _report,
                                 check_parity, default_min_agreement, load_frames)
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
 
 
 def test_faithful_export_passes(tiny_onnx, tiny_model, frames):

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from iapc.errors import UserError
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
-from iapc.export.runner_tensorrt import tensorrt_available
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
+from iapc.engines.runner_tensorrt import tensorrt_available
 from iapc.export.runners import TorchRunner, make_runner, resolve_backend
 
 TRT_OK, TRT_WHY = tensorrt_available()
 
 
 def test_importing_runners_pulls_in_no_heavy_library():
-    code = ("import sys, iapc.export.runners, iapc.export.store, iapc.export.runner_tensorrt; "
+    code = ("import sys, iapc.export.runners, iapc.engines.store, iapc.engines.runner_tensorrt; "
             "print(sorted(m for m in ('torch', 'tensorrt', 'onnxruntime', 'cuda') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from iapc.export.store import CorruptVersion, EngineStore
+from iapc.engines.store import CorruptVersion, EngineStore
 
 
 def _payload(tmp_path: Path, name: str, content: bytes) -> Path:
@@ -149,8 +149,8 @@ def test_readers_racing_a_writer_only_see_complete_versions(tmp_path):
 
 _KILLED_WRITER = textwrap.dedent("""
     import sys, time
-    from iapc.export import store as store_module
-    from iapc.export.store import EngineStore
+    from iapc.engines import store as store_module
+    from iapc.engines.store import EngineStore
 
     root, onnx, stage = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -200,6 +200,6 @@ def test_writer_killed_mid_publish_leaves_previous_version_loadable(tmp_path, st
 
 
 def test_store_imports_no_torch():
-    code = "import sys, iapc.export.store; print('torch' in sys.modules)"
+    code = "import sys, iapc.engines.store; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

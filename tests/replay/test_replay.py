@@ -15,7 +15,7 @@ from support import cityscapes_eval_args
 from iapc.errors import UserError
 from iapc.labels import TRAIN_ID_TO_ID
 from iapc.replay.report import continual_goals
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 from iapc.runtime.sources import make_source
 from iapc.synth import ANNOTATED_FRAME, SEQUENCE_LENGTH, write_domain
 

@@ -21,8 +21,8 @@ import pytest
 import zmq
 
 from support import Collector, free_port, start_runtime
-from iapc.export.store import CorruptVersion, EngineStore
-from iapc.runtime import run_folder
+from iapc.engines.store import CorruptVersion, EngineStore
+from iapc.contracts import run_folder
 from iapc.runtime.client import MaskSubscriber
 
 pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zmq
 
-from iapc.runtime.events import EventType
-from iapc.runtime.handoff import EventReceiver, EventSender, FrameHandoff, FrameReceiver
-from iapc.runtime.run_folder import EVENTS_SOCKET, FRAMES_SOCKET, ipc_address
+from iapc.contracts.events import EventType
+from iapc.contracts.handoff import EventReceiver, EventSender, FrameHandoff, FrameReceiver
+from iapc.contracts.run_folder import EVENTS_SOCKET, FRAMES_SOCKET, ipc_address
 
 
 @pytest.fixture()

@@ -141,7 +141,7 @@ def make_store(tmp_path, checkpoint):
     """An 'adapted' store: v1 from ``checkpoint``, v2 from other weights (current)."""
     from iapc.adapt.models import build_model
     from iapc.export.onnx_export import export_onnx
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
 
     store = EngineStore(tmp_path / "adapted")
     source, _ = __import__("iapc.adapt.checkpoint", fromlist=["load_model"]).load_model(

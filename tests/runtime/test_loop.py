@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from iapc.runtime.events import EventType, event
+from iapc.contracts.events import EventType, event
 from iapc.runtime.loop import InferenceLoop
 from iapc.runtime.protocol import StatusKind
 from iapc.runtime.sources import Frame

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from support import collect, free_port, runtime_args
-from iapc.export.store import EngineStore
-from iapc.runtime import run_folder
+from iapc.engines.store import EngineStore
+from iapc.contracts import run_folder
 
 pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast
 

@@ -62,9 +62,9 @@ def test_an_out_of_range_config_key_is_one_line_and_exit_2(tmp_path, text, names
 
 def test_a_store_of_another_input_size_is_refused_before_any_process(tmp_path, tiny_checkpoint):
     from iapc.adapt.checkpoint import load_model
-    from iapc.export.manifest import INPUT_SIZE_KEY
+    from iapc.engines.manifest import INPUT_SIZE_KEY
     from iapc.export.onnx_export import export_onnx
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
 
     model, _ = load_model(tiny_checkpoint, "tiny")
     store = EngineStore(tmp_path / "store")

@@ -210,16 +210,17 @@ def test_the_runtime_sends_status_kinds_and_events_of_the_typed_lists_only():
     import re
     from pathlib import Path
 
-    from iapc.runtime.events import EventType
+    from iapc.contracts.events import EventType
 
     root = Path(__file__).resolve().parents[2]
-    senders = {"daemon": ["daemon/process.py"], "supervisor": ["runtime/supervisor.py"]}
+    senders = {"daemon": sorted(str(p.relative_to(root)) for p in (root / "daemon").glob("*.py")),
+               "supervisor": ["runtime/supervisor.py"]}
     readers = ["runtime/loop.py", "runtime/sources.py", "runtime/cli.py", "replay/report.py"]
     for path in readers + [p for paths in senders.values() for p in paths]:
         text = (root / path).read_text()
         assert not re.findall(r'"kind"\)? ?[:=!]=? ?"\w+"', text), path
         assert not re.findall(r'"type"\)? ?[:=!]=? ?"\w+"', text), path
-    from iapc.runtime.events import EVENT_SPECS
+    from iapc.contracts.events import EVENT_SPECS
 
     for spec in EVENT_SPECS:
         sent = "".join((root / p).read_text() for p in senders[spec.sender])
@@ -228,7 +229,7 @@ def test_the_runtime_sends_status_kinds_and_events_of_the_typed_lists_only():
 
 
 def test_events_count_as_their_decisions():
-    from iapc.runtime.events import DECISIONS, EventType, decision_of, event
+    from iapc.contracts.events import DECISIONS, EventType, decision_of, event
 
     assert decision_of(event(EventType.VERSION, version=3)) == "deployed"
     assert decision_of(event(EventType.REJECTED, gate="health")) == "rejected_health"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from support import FRAMES, collect, free_port, runtime_args, start_runtime
-from iapc.runtime import run_folder
+from iapc.contracts import run_folder
 from iapc.runtime.client import MaskSubscriber
 
 pytestmark = pytest.mark.process  # starts real runtime or command processes: not in make test-fast

@@ -48,7 +48,7 @@ def test_a_secret_readable_by_others_is_refused(tmp_path):
 
 
 def test_store_and_run_folders_are_owner_only(tmp_path):
-    from iapc.export.store import EngineStore
+    from iapc.engines.store import EngineStore
     from iapc.runtime.config import RuntimeConfig
     from iapc.runtime.supervisor import lock_run_dir
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from iapc.errors import UserError
-from iapc.export.engines import EngineTarget, engine_target
-from iapc.export.manifest import INPUT_SIZE_KEY
-from iapc.export.store import EngineStore
+from iapc.engines.targets import EngineTarget, engine_target
+from iapc.engines.manifest import INPUT_SIZE_KEY
+from iapc.engines.store import EngineStore
 from iapc.runtime.cli import build_parser, check_store_fits, config_from_args
 
 
@@ -61,7 +61,7 @@ def test_a_plain_onnx_store_still_serves_on_onnx_runtime(tmp_path):
 
 
 def test_the_live_comparison_leaves_out_a_source_engine_of_another_target(tmp_path):
-    from iapc.export.engines import serving_runner
+    from iapc.engines.targets import serving_runner
     from iapc.runtime.inference import source_runner
 
     store = _store(tmp_path, step=0, backend="tensorrt", precision="fp16", device="another GPU")

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from iapc.runtime import run_folder, supervisor
+from iapc.contracts import run_folder
+from iapc.runtime import supervisor
 from iapc.runtime.config import RuntimeConfig
-from iapc.runtime.events import EventType
+from iapc.contracts.events import EventType
 from iapc.runtime.supervisor import FAILED_EXIT, USER_ERROR_EXIT, Supervisor
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from iapc.errors import UserError
-from iapc.export.store import EngineStore
+from iapc.engines.store import EngineStore
 from iapc.runtime.swap import EngineManager
 
 SIZE = (32, 16)

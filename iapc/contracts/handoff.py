@@ -4,7 +4,7 @@
   bounded deque (the oldest frame is dropped and counted when it is full); a sender thread
   forwards frames with non-blocking sends, so a slow, hung or dead daemon costs the loop nothing.
 - events, daemon and supervisor -> loop: :class:`EventSender` / :class:`EventReceiver` carry
-  small JSON events, one of the typed list :class:`~iapc.runtime.events.EventType` (a new
+  small JSON events, one of the typed list :class:`~iapc.contracts.events.EventType` (a new
   engine in the store, a rejected candidate, a rollback, a failed export, a domain shift,
   adaptation figures, a hung or restarted daemon; docs/PROTOCOL.md has the table).
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from iapc.runtime.events import EventType, event
+from iapc.contracts.events import EventType, event
 
 
 class FrameHandoff:

@@ -82,7 +82,7 @@ def misfit(manifest: Mapping[str, Any], target: EngineTarget) -> str | None:
 
 def resolve_backend(backend: str) -> str:
     """``auto`` -> the best backend present; a named one is checked to be usable here."""
-    from iapc.export.runner_tensorrt import tensorrt_available
+    from iapc.engines.runner_tensorrt import tensorrt_available
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -111,10 +111,10 @@ def engine_target(backend: str = "auto", precision: str = "auto") -> EngineTarge
     if precision == "auto":
         precision = REDUCED_PRECISION if backend == "tensorrt" else "fp32"
     if backend == "tensorrt":
-        from iapc.export.runner_tensorrt import tensorrt_device
+        from iapc.engines.runner_tensorrt import tensorrt_device
 
         return EngineTarget(backend, precision, tensorrt_device())
-    from iapc.export.runner_onnxrt import ort_cuda_available
+    from iapc.engines.runner_onnxrt import ort_cuda_available
 
     return EngineTarget(backend, precision, "cuda" if ort_cuda_available() else "cpu")
 
@@ -134,7 +134,7 @@ def build_engine(onnx_path: Path, work: Path, target: EngineTarget,
                  timing_cache: Path | None = None) -> BuiltEngine:
     """The engine of ``target`` from the exported ``onnx_path``, written under ``work``."""
     if target.backend == "tensorrt":
-        from iapc.export.runner_tensorrt import EngineFromOnnx, SaveEngine
+        from iapc.engines.runner_tensorrt import EngineFromOnnx, SaveEngine
 
         engine_path = work / "model.engine"
         SaveEngine(EngineFromOnnx(onnx_path, fp16=target.reduced_precision,
@@ -194,9 +194,9 @@ def serving_runner(version, target: EngineTarget, threads: int | None = None):
 
 def _runner(target: EngineTarget, onnx_path: str | os.PathLike, engine_path, threads):
     if target.backend == "tensorrt":
-        from iapc.export.runner_tensorrt import TensorRTRunner
+        from iapc.engines.runner_tensorrt import TensorRTRunner
 
         return TensorRTRunner(engine_path)
-    from iapc.export.runner_onnxrt import OnnxRuntimeRunner
+    from iapc.engines.runner_onnxrt import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(onnx_path, providers=target.device, intra_op_threads=threads)

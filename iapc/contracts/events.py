@@ -1,5 +1,5 @@
 """The one typed list of events the adaptation daemon and the supervisor send to the inference
-process (over :class:`~iapc.runtime.handoff.EventSender`), and of the decisions they count.
+process (over :class:`~iapc.contracts.handoff.EventSender`), and of the decisions they count.
 
 Senders build events with :func:`event` (an :class:`EventType` and its fields); the inference
 loop republishes every event but ``stats`` on the status topic as kind ``adaptation`` (its ``type``

@@ -12,7 +12,7 @@ Keys:
 - ``timing``: ``{"export_s", "build_s", "ready_s", "latency_ms"}`` where measured (``build_s``:
   the engine build, ``ready_s``: export, build and load until the gate could run it);
 - ``backend``, ``precision``, ``device``: the engine target the version was built and gated for
-  (:mod:`iapc.export.engines`; the inference process serves only its own target);
+  (:mod:`iapc.engines.targets`; the inference process serves only its own target);
 - ``confidence``, ``dynamic_batch``;
 - ``config``: the resolved config the weights were made with; ``losses``: the last step's.
 """
