@@ -239,13 +239,19 @@ def borrowed_statistics(network: nn.Module, lender: nn.Module) -> Iterator[None]
 
 
 @torch.no_grad()
-def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig") -> None:
+def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptConfig",
+                         source: nn.Module | None = None) -> None:
     """One train-mode forward of the un-augmented frames: BatchNorm running statistics move
-    towards them by the layers' momentum (``cfg.bn_momentum`` when set). No gradients."""
+    towards them by the layers' momentum (``cfg.bn_momentum`` when set). No gradients.
+
+    With ``cfg.source_statistics_weight`` w > 0 and the ``source`` network given, each layer's
+    statistics stay ``w * source + (1 - w) * target estimate`` (:func:`keep_source_share`)."""
     norms = batch_norm_layers(model)
     if cfg.bn_momentum is not None:
         for bn in norms:
             bn.momentum = cfg.bn_momentum
+    weight = cfg.resolved().source_statistics_weight
+    before = _running_statistics(norms) if weight > 0 and source is not None else None
     modes = [bn.training for bn in norms]
     for bn in norms:
         bn.train()
@@ -253,6 +259,88 @@ def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptC
         model(_network_input(images_u8, model, cfg))
     for bn, mode in zip(norms, modes):
         bn.train(mode)
+    if before is not None:
+        keep_source_share(norms, before, batch_norm_layers(source), weight)
+
+
+@torch.no_grad()
+def mix_in_source_statistics(model: nn.Module, source: nn.Module, weight: float) -> None:
+    """Each BatchNorm layer's running mean and variance := ``weight * source's + (1 - weight)
+    * its own`` (statistics just re-estimated on target frames keep the source's share)."""
+    source_norms = batch_norm_layers(source)
+    norms = batch_norm_layers(model)
+    if len(source_norms) != len(norms):
+        raise UserError("the source network's BatchNorm layers differ from the adapted one's")
+    for bn, src in zip(norms, source_norms):
+        bn.running_mean.lerp_(src.running_mean, weight)
+        bn.running_var.lerp_(src.running_var, weight)
+
+
+@torch.no_grad()
+def target_statistics(model: nn.Module, source: nn.Module, weight: float) -> list[torch.Tensor]:
+    """The target estimate ``t`` behind statistics that hold ``weight * s + (1 - weight) * t``:
+    [mean, var] per BatchNorm layer of ``model``, in order. ``weight`` must be below 1."""
+    if weight >= 1:
+        raise UserError("statistics that are all the source's hold no target estimate: use a "
+                        "source_statistics_weight below 1")
+    pairs = zip(batch_norm_layers(model), batch_norm_layers(source))
+    return [(own - weight * src) / (1 - weight) for bn, s in pairs
+            for own, src in ((bn.running_mean, s.running_mean), (bn.running_var, s.running_var))]
+
+
+@torch.no_grad()
+def set_source_share(model: nn.Module, source: nn.Module, target: list[torch.Tensor],
+                     weight: float) -> None:
+    """Every BatchNorm layer's statistics := ``weight * source's + (1 - weight) * target``
+    (``target``: :func:`target_statistics`)."""
+    pairs = zip(batch_norm_layers(model), batch_norm_layers(source))
+    buffers = [(own, src) for bn, s in pairs
+               for own, src in ((bn.running_mean, s.running_mean), (bn.running_var, s.running_var))]
+    for (own, src), estimate in zip(buffers, target):
+        own.copy_(weight * src + (1 - weight) * estimate)
+
+
+@torch.inference_mode()
+def mean_entropy(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 4) -> float:
+    """Mean per-pixel softmax entropy (nats) of ``model`` in eval mode (its modes restored after)
+    on uint8 (N, 3, H, W) RGB images."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        total, pixels = 0.0, 0
+        for chunk in images_u8.split(batch_size):
+            logits, _ = model(normalize(chunk.to(device_of(model)), model.norm))  # (n, K, h, w)
+            log_p = logits.float().log_softmax(dim=1)
+            entropy = -(log_p.exp() * log_p).sum(dim=1)  # (n, h, w)
+            total, pixels = total + float(entropy.sum()), pixels + entropy.numel()
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+    return total / max(1, pixels)
+
+
+def _running_statistics(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[torch.Tensor]:
+    return [t.clone() for bn in norms for t in (bn.running_mean, bn.running_var)]
+
+
+def keep_source_share(norms: list[nn.modules.batchnorm._BatchNorm], before: list[torch.Tensor],
+                      source_norms: list[nn.modules.batchnorm._BatchNorm], weight: float) -> None:
+    """Turns one plain running-statistics update of ``norms`` into the update of a mixture.
+
+    The buffers hold ``b = w s + (1 - w) t`` (``s``: the source layer's statistics, ``t``: the
+    target estimate, an average of batch statistics ``x`` with rate ``m``). The layer has just
+    computed ``raw = (1 - m) b + m x``; the mixture's update is ``(1 - m) b + m (w s + (1 - w) x)
+    = (1 - w) raw + w ((1 - m) b + m s)``. Means and variances mix linearly (the mean-gap
+    term of a true mixture's variance is left out, so the update stays a running average).
+    ``m`` is the layer's momentum, or ``1 / batches seen`` for a cumulative average."""
+    if len(source_norms) != len(norms):
+        raise UserError("the source network's BatchNorm layers differ from the adapted one's")
+    for i, (bn, src) in enumerate(zip(norms, source_norms)):
+        rate = bn.momentum if bn.momentum is not None else 1.0 / max(1, int(bn.num_batches_tracked))
+        for j, (raw, source_value) in enumerate(((bn.running_mean, src.running_mean),
+                                                 (bn.running_var, src.running_var))):
+            previous = before[2 * i + j]
+            raw.mul_(1 - weight).add_((1 - rate) * previous + rate * source_value, alpha=weight)
 
 
 def teacher_label(teacher_logits: torch.Tensor, crop: tuple[int, int],
@@ -272,10 +360,11 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
                     generator: torch.Generator | None = None) -> dict[str, float]:
     """One IAPC step on a uint8 (N, 3, H, W) RGB batch, in the released code's order.
 
-    1. EMA update of ``M`` from ``T``; with the preset's ``bn_statistics`` "clean" or "frozen",
-       ``T``'s running BatchNorm statistics then follow the un-augmented batch
-       (:func:`update_bn_statistics`);
+    1. EMA update of ``M`` from ``T``;
     2. views: ``x1`` (rescaled crop), ``x0`` (un-rescaled crop), ``x2`` (photometric ``x1``);
+       with the preset's ``bn_statistics`` "clean" or "frozen", ``T``'s running BatchNorm
+       statistics then follow the un-augmented batch, or its crop ``x0`` when the preset's
+       ``statistics_from`` is "crop" (:func:`update_bn_statistics`);
     3. the teacher on ``x1`` (``S``, or ``M`` for ``teacher="memory"``) and ``M(x0)`` without
        autograd;
     4. ``y_hat``: the cropped offline ``pseudo_label`` (N, H, W) if given, else the teacher's
@@ -296,11 +385,11 @@ def adaptation_step(source: nn.Module, memory: nn.Module, target: nn.Module, bat
         pseudo_label = pseudo_label.to(device)
 
     ema_update(memory, target, cfg.ema_alpha)
-    clean_statistics = preset.bn_statistics != "augmented"
-    if clean_statistics:
-        update_bn_statistics(target, batch, cfg)
     views = random_rescale_crop(batch, cfg.crop_hw, cfg.scale_range, label=pseudo_label,
                                 generator=generator)
+    if preset.bn_statistics != "augmented":  # "clean"/"frozen": they follow un-augmented pixels
+        update_bn_statistics(target, views.x0 if preset.statistics_from == "crop" else batch,
+                             cfg, source)
     x2 = photometric_augment(views.x1, generator) if preset.photometric else views.x1
 
     teacher = memory if preset.teacher == "memory" else source

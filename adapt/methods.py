@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from typing import Any, Callable, Iterator
 
 import torch
@@ -37,7 +38,9 @@ from torch import nn
 from iapc.adapt.baselines import bn_adapt, collect_tent_params, configure_tent, tent_step
 from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
                                copy_buffers, device_of, make_networks, make_optimizer,
-                               update_bn_statistics)
+                               mean_entropy, mix_in_source_statistics, set_source_share,
+                               target_statistics, update_bn_statistics)
+from iapc.method_config import SOURCE_SHARES
 from iapc.errors import UserError
 
 
@@ -51,6 +54,7 @@ class Adapter:
     takes_gradient_steps = True
 
     def __init__(self, model: nn.Module, cfg: AdaptConfig):
+        self.given_cfg = cfg
         self.cfg = cfg.resolved()  # the preset's values where cfg leaves them None
         self.source = copy.deepcopy(model).eval().requires_grad_(False)
         self.step_count = 0
@@ -68,26 +72,37 @@ class Adapter:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs besides the deployable weights and the step counter (both
-        top-level keys of the checkpoint it goes into: ``state_dict`` and ``step``)."""
-        return {}
+        top-level keys of the checkpoint it goes into: ``state_dict`` and ``step``): here the
+        source share the statistics hold (it may have been chosen, :meth:`choose_source_share`)."""
+        return {"source_share": self.cfg.source_statistics_weight}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """From a checkpoint's payload (its ``step`` and the keys of :meth:`state_dict`)."""
         self.step_count = int(state.get("step", 0))
+        self._load_source_share(state)
+
+    def _load_source_share(self, state: dict[str, Any]) -> None:
+        # the statistics themselves come with the weights; this says what they hold
+        if "source_share" in state:
+            self.cfg = dataclasses.replace(self.cfg,
+                                           source_statistics_weight=float(state["source_share"]))
 
     def reset(self) -> None:
-        """Back to the source model and a fresh state."""
-        self.__init__(self.source, self.cfg)
+        """Back to the source model and a fresh state (the configured source share too)."""
+        self.__init__(self.source, self.given_cfg)
 
     def recalibrate(self, batch: torch.Tensor) -> None:
         """BatchNorm running statistics of the deployable network := the plain average over
         ``batch`` (uint8 (N, 3, H, W) RGB of a new domain), so that a domain met for the first
-        time is served with its own normalisation at once. Weights and modes are untouched."""
+        time is served with its own normalisation at once, keeping the source's share
+        (``cfg.source_statistics_weight``). Weights and modes are untouched."""
         network = self.deployable()
         if not batch_norm_layers(network):
             return
         modes = {m: m.training for m in network.modules()}
         bn_adapt(network, [batch])
+        if self.cfg.source_statistics_weight > 0:
+            mix_in_source_statistics(network, self.source, self.cfg.source_statistics_weight)
         for module, mode in modes.items():
             module.train(mode)
 
@@ -97,7 +112,35 @@ class Adapter:
         weights, the step counter and the schedule are untouched."""
         network = self.deployable()
         if batch_norm_layers(network):
-            update_bn_statistics(network, batch.to(device_of(network)), self.cfg)
+            update_bn_statistics(network, batch.to(device_of(network)), self.cfg, self.source)
+
+    def choose_source_share(self, images: torch.Tensor) -> dict[float, float]:
+        """The label-free choice of the source share of the BatchNorm statistics
+        (``cfg.choose_source_share``): each share of :data:`SOURCE_SHARES` is tried on uint8
+        (N, 3, H, W) RGB ``images`` (recent frames, no labels) and the one whose network
+        predicts with the lowest mean entropy is kept, in the deployable network and for the
+        statistics updates that follow. Returns {share: mean entropy}, empty when there is
+        no choice to make."""
+        network = self.deployable()
+        current = self.cfg.source_statistics_weight
+        if not self.cfg.choose_source_share or current >= 1 or not batch_norm_layers(network):
+            return {}
+        target = target_statistics(network, self.source, current)
+        entropies = {}
+        for share in SOURCE_SHARES:
+            set_source_share(network, self.source, target, share)
+            entropies[share] = mean_entropy(network, images)
+        self.use_source_share(min(entropies, key=entropies.get), target)
+        return entropies
+
+    def use_source_share(self, share: float, target: list[torch.Tensor] | None = None) -> None:
+        """Statistics that hold ``share`` of the source's from now on (``target``: the target
+        estimate, :func:`target_statistics` of the current share, when already computed)."""
+        network = self.deployable()
+        if target is None:
+            target = target_statistics(network, self.source, self.cfg.source_statistics_weight)
+        set_source_share(network, self.source, target, share)
+        self.cfg = dataclasses.replace(self.cfg, source_statistics_weight=share)
 
     def skipped(self, stats: dict[str, Any]) -> bool:
         return bool(stats.get("skipped", False))
@@ -174,7 +217,7 @@ class Tent(Adapter):
         return self.model
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict()}
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
@@ -212,7 +255,7 @@ class IAPC(Adapter):
         return self.memory
 
     def state_dict(self):
-        return {"memory": self.memory.state_dict(),
+        return {**super().state_dict(), "memory": self.memory.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "adapt_state": self.state.state_dict()}
 
     def load_state_dict(self, state):
@@ -222,6 +265,7 @@ class IAPC(Adapter):
         self.memory.load_state_dict(state["memory"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.state.load_state_dict(state["adapt_state"])
+        self._load_source_share(state)
         self.step_count = self.state.step
 
     def recalibrate(self, batch):
@@ -231,6 +275,10 @@ class IAPC(Adapter):
     def follow_statistics(self, batch):
         super().follow_statistics(batch)
         copy_buffers(self.memory, self.target)  # M normalises with T's statistics
+
+    def use_source_share(self, share, target=None):
+        super().use_source_share(share, target)
+        copy_buffers(self.memory, self.target)
 
 
 def stochastic_restore(target: nn.Module, source: nn.Module, probability: float,

@@ -178,6 +178,17 @@ class TargetImages:
         return image, _read_pseudo_label(self.label_dir, self.samples[index])
 
 
+CHOICE_FRAMES = 16  # target frames the source share is chosen on
+
+
+def _choice_frames(samples: list["Sample"], size: tuple[int, int]) -> "torch.Tensor":
+    """uint8 (N, 3, H, W) RGB: up to :data:`CHOICE_FRAMES` samples evenly spread over ``samples``."""
+    import torch
+
+    step = max(1, len(samples) // CHOICE_FRAMES)
+    return torch.stack([_read_rgb(s, size) for s in samples[::step][:CHOICE_FRAMES]])
+
+
 def _read_rgb(sample: "Sample", size: tuple[int, int]) -> "torch.Tensor":
     """uint8 (3, H, W) RGB of ``sample`` resized to ``size`` = (W, H)."""
     import cv2
@@ -393,6 +404,9 @@ def adapt_offline(source_model: "nn.Module", model_name: str, samples: Sequence[
             _save(adapter, model_name, cfg, ctx, config, history)
     bar.close()
 
+    # the label-free choice of the statistics' source share (methods that make one), on frames
+    # of the target set spread over it: the labels are never read
+    adapter.choose_source_share(_choice_frames(samples, cfg.size).to(ctx.device))
     sync_buffers(adapter.deployable(), ctx)
     miou = _evaluate_adapted(adapter, eval_samples, cfg, ctx, classes)
     history.append(_record(adapter.step_count, last, miou))
@@ -404,6 +418,7 @@ def adapt_offline(source_model: "nn.Module", model_name: str, samples: Sequence[
     return {"steps": adapter.step_count, "miou": miou, "history": history,
             "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
             "skipped": skipped, "target": adapter.deployable(), "rank": ctx.rank,
+            "source_share": adapter.cfg.source_statistics_weight,
             "world_size": ctx.world_size}
 
 

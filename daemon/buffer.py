@@ -39,6 +39,11 @@ class FrameBuffer:
         frames = np.stack([self.train[i] for i in picks])  # (N, H, W, 3) BGR
         return camera_to_rgb(torch.from_numpy(frames))
 
+    def latest(self, count: int) -> torch.Tensor | None:
+        """The ``count`` latest training frames as uint8 (N, 3, H, W) RGB, None if there are none."""
+        latest = list(self.train)[-count:]
+        return camera_to_rgb(torch.from_numpy(np.stack(latest))) if latest else None
+
     def keep_only_latest(self, count: int) -> torch.Tensor | None:
         """Forget all but the ``count`` latest training frames and every held-out one (after a
         domain shift); returns those frames as uint8 (N, 3, H, W) RGB, None if there are none."""

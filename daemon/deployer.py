@@ -67,8 +67,22 @@ class Deployer:
         finally:
             self.last_export = time.monotonic()
 
+    def choose_source_share(self) -> float | None:
+        """The adapter's label-free choice of the statistics' source share on the latest
+        training frames (never the held-out ones the health gate judges on); the share chosen,
+        or None when the method makes no such choice."""
+        frames = self.frames.latest(self.cfg.health.holdout_size)
+        entropies = self.adapter.choose_source_share(frames) if frames is not None else {}
+        if not entropies:
+            return None
+        share = self.adapter.cfg.source_statistics_weight
+        log.info("source share of the statistics: %.2f (mean entropy by share: %s)", share,
+                 ", ".join(f"{k:.2f}: {v:.4f}" for k, v in entropies.items()))
+        return share
+
     def _export(self) -> int | None:
         started = time.perf_counter()
+        share = self.choose_source_share()
         options = DeployOptions(frame_size=self.cfg.input_size, confidence=self.cfg.confidence,
                                 min_agreement=self.min_agreement, target=self.target,
                                 parity_source="stream")
@@ -94,7 +108,8 @@ class Deployer:
         self.events.send(EventType.VERSION, version=version.number, step=self.adapter.step_count,
                          parity=result.parity.agreement, health=result.health,
                          export_s=round(seconds, 3),
-                         statistics_updates=self.progress.statistics_updates)
+                         statistics_updates=self.progress.statistics_updates,
+                         **({"source_share": share} if share is not None else {}))
         log.info("published engine %s at step %d (%.2f s)", version.name,
                  self.adapter.step_count, seconds)
         return version.number

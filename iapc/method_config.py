@@ -73,6 +73,16 @@ class Preset:
     # Stochastic restore (CoTTA): after each step every weight returns to its source value with
     # this probability, so no weight drifts for more than about 1/p steps of an unbounded stream.
     restore_probability: float = 0.0
+    # Share of the source network's BatchNorm statistics kept wherever statistics follow the
+    # target: running mean and variance = w * source + (1 - w) * target estimate, per layer.
+    # 0: the target's replace them (BN-adapt); 1: they never move.
+    source_statistics_weight: float = 0.0
+    # Before each export, the share is chosen label-free among SOURCE_SHARES: the one whose
+    # normalisation gives the lowest mean prediction entropy on recent frames (Adapter.choose_source_share).
+    choose_source_share: bool = False
+    # What T's running statistics follow when they are "clean" or "frozen": "frame" (the whole
+    # un-augmented frames) or "crop" (the un-rescaled crop x0, the extent the network adapts on).
+    statistics_from: str = "frame"
 
 
 PRESETS: dict[str, Preset] = {
@@ -81,25 +91,33 @@ PRESETS: dict[str, Preset] = {
     "released": Preset("released", importance="logit", im="entropy",
                        ps_reshape_quirk=True, weights=LossWeights(ia=0.2, im=2.0, ps=0.04, pe=0.5)),
     # The runtime's default: the paper's losses around a step that keeps what target
-    # normalisation gives (clean statistics, a teacher that uses them, the rare threshold scaled
-    # to the crop, a learning rate that leaves the normalisation gain in place: 3e-5, classifier
-    # not faster than the backbone). Each choice and its measured effect: docs/METHOD.md.
+    # normalisation gives (clean statistics from the crop the step adapts on, half of them the
+    # source's, a teacher that uses them, the rare threshold scaled to the crop, a learning
+    # rate that leaves the normalisation gain in place: 3e-5, classifier not faster than the
+    # backbone). Each choice and its measured effect: docs/METHOD.md.
     "stream": Preset("stream", importance="probability", im="entropy_diversity",
                      ps_reshape_quirk=False, weights=LossWeights(ia=0.2, im=0.5, ps=0.04, pe=2.0),
                      bn_statistics="clean", teacher="memory", rare_fraction=1 / 32,
                      lr=3e-5, classifier_lr_mult=1.0, warmup_iters=20, ema_alpha=0.999,
-                     schedule="constant", restore_probability=0.01),
+                     schedule="constant", restore_probability=0.01,
+                     source_statistics_weight=0.5, choose_source_share=True,
+                     statistics_from="crop"),
 }
 BN_STATISTICS = ("augmented", "clean", "frozen")
+# The source shares a label-free choice picks from (1 is left out: it would forget the target
+# estimate the others are computed from).
+SOURCE_SHARES = (0.0, 0.25, 0.5, 0.75)
+STATISTICS_FROM = ("frame", "crop")
 TEACHERS = ("source", "memory", "source_bn")
 
 
 def get_preset(preset: str | Preset) -> Preset:
     """The :class:`Preset` called ``preset`` (a :class:`Preset` is returned unchanged)."""
     if isinstance(preset, Preset):
-        if preset.bn_statistics not in BN_STATISTICS or preset.teacher not in TEACHERS:
-            raise UserError(f"preset {preset.name!r}: bn_statistics must be one of {BN_STATISTICS} "
-                            f"and teacher one of {TEACHERS}")
+        if (preset.bn_statistics not in BN_STATISTICS or preset.teacher not in TEACHERS
+                or preset.statistics_from not in STATISTICS_FROM):
+            raise UserError(f"preset {preset.name!r}: bn_statistics must be one of {BN_STATISTICS}, "
+                            f"teacher one of {TEACHERS} and statistics_from one of {STATISTICS_FROM}")
         return preset
     if preset not in PRESETS:
         raise UserError(f"unknown IAPC preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}")
@@ -149,6 +167,12 @@ class AdaptConfig:
     restore_probability: float | None = setting(
         None, "stochastic restore: chance per weight and step of returning to its source value; "
         "None: the preset's", minimum=0, maximum=1)
+    source_statistics_weight: float | None = setting(
+        None, "share of the source BatchNorm statistics kept where statistics follow the target "
+        "(0: replaced, as BN-adapt); None: the preset's", minimum=0, maximum=1)
+    choose_source_share: bool | None = setting(
+        None, "choose the source share label-free (lowest prediction entropy on recent frames) "
+        "before each export; None: the preset's")
     seed: int = setting(0, "seed of crops and augmentations", minimum=0)
 
     def __post_init__(self) -> None:
@@ -176,7 +200,8 @@ class AdaptConfig:
         preset = get_preset(self.preset)
         missing = {name: getattr(preset, name)
                    for name in ("lr", "classifier_lr_mult", "warmup_iters", "ema_alpha", "schedule",
-                                "restore_probability")
+                                "restore_probability", "source_statistics_weight",
+                                "choose_source_share")
                    if getattr(self, name) is None}
         return dataclasses.replace(self, **missing) if missing else self
 

@@ -393,6 +393,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("health", "object or null", "`version`/`rejected`: health gate figures"),
         _f("export_s", "number", "`version`: export time"),
         _f("statistics_updates", "integer", "`version`: no-gradient BatchNorm statistics updates of the state since it left the source model (the statistics phase of a new domain)"),
+        _f("source_share", "number", "`version`: share of the source network's BatchNorm statistics in the engine's, chosen label-free before the export (methods that choose it: the stream preset)"),
         _f("gate", "string", "`rejected`: `parity` or `health`"),
         _f("reason", "string", "`rejected`, `rollback`, `export_failed`, `daemon_*`: why"),
         _f("restarts", "integer", "`daemon_*`: restarts so far"),

@@ -80,13 +80,20 @@ def test_tent_updates_only_batchnorm_affine_parameters_and_deploys_running_stati
     assert adapter.deployable().training  # back to adapting
 
 
-def test_stream_preset_normalises_with_statistics_of_the_clean_frames():
-    """The BN statistics T deploys are those of the un-augmented batch: the augmented gradient
-    path neither updates nor uses batch statistics."""
+def test_stream_preset_normalises_with_statistics_of_the_clean_crop_half_the_sources():
+    """The BN statistics T deploys are those of the un-augmented crop the step adapts on, mixed
+    half and half with the source's: the augmented gradient path neither updates nor uses
+    batch statistics."""
+    from iapc.adapt.augment import random_rescale_crop
+
     adapter = make_adapter("iapc", _model(), _config("iapc"))
+    assert adapter.cfg.source_statistics_weight == 0.5
     expected = copy.deepcopy(adapter.target)
     batch = _images()
-    update_bn_statistics(expected, batch, adapter.cfg)
+    generator = torch.Generator().manual_seed(adapter.cfg.seed)  # the adapter's own draws
+    views = random_rescale_crop(batch, adapter.cfg.crop_hw, adapter.cfg.scale_range,
+                                generator=generator)
+    update_bn_statistics(expected, views.x0, adapter.cfg, adapter.source)
     stats = adapter.step(batch)
     assert not stats["skipped"] and adapter.step_count == 1
     for key, value in _bn_stats(expected).items():
