@@ -88,6 +88,48 @@ def predict(model: nn.Module, frames_bgr: np.ndarray) -> Predictions:
                        finite=finite)
 
 
+@dataclass(frozen=True)
+class LabelFreeQuality:
+    """Two label-free estimates of how right a network is on some frames (each 0..1): the
+    share of pixels whose class survives a horizontal flip of the input, and the share whose
+    class is also their feature's nearest class prototype (soft centroids of the features,
+    weighted by the predicted probabilities). A shift that breaks the network breaks both."""
+
+    flip_agreement: float
+    prototype_agreement: float
+
+
+@torch.inference_mode()
+def label_free_quality(model: nn.Module, frames_bgr: np.ndarray) -> LabelFreeQuality:
+    """:class:`LabelFreeQuality` of ``model`` (eval mode for the call) on uint8 (N, H, W, 3)
+    BGR frames: two forwards, the frames and their mirror images."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        x = normalize(camera_to_rgb(torch.from_numpy(frames_bgr).to(device)), model.norm)  # (N, 3, H, W)
+        logits, features = model(x)  # (N, K, h, w), (N, C, h', w')
+        mirrored, _ = model(x.flip(-1))
+    finally:
+        model.train(was_training)
+    labels = logits.argmax(dim=1)  # (N, h, w)
+    flip = float((labels == mirrored.flip(-1).argmax(dim=1)).double().mean())
+    return LabelFreeQuality(flip, _prototype_agreement(logits.float(), features.float()))
+
+
+def _prototype_agreement(logits: torch.Tensor, features: torch.Tensor) -> float:
+    """Share of pixels whose argmax class is also the nearest (cosine) soft class centroid of
+    the unit-length features; logits (N, K, h, w) are resized to the features' (N, C, h', w')."""
+    probs = nn.functional.interpolate(logits, size=features.shape[-2:], mode="bilinear",
+                                      align_corners=False).softmax(dim=1)  # (N, K, h', w')
+    feats = nn.functional.normalize(features, dim=1).flatten(2)  # (N, C, P)
+    probs = probs.flatten(2)  # (N, K, P)
+    centroids = torch.einsum("nkp,ncp->kc", probs, feats)  # (K, C) probability-weighted sums
+    centroids = nn.functional.normalize(centroids, dim=1)
+    nearest = torch.einsum("kc,ncp->nkp", centroids, feats).argmax(dim=1)  # (N, P)
+    return float((nearest == probs.argmax(dim=1)).double().mean())
+
+
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence of two histograms in nats (0 .. ln 2)."""
     p, q = p / p.sum(), q / q.sum()
@@ -162,4 +204,26 @@ def check_health(candidate: nn.Module, serving: nn.Module, source: nn.Module, me
     figures = _figures(preds["candidate"], preds["serving"], preds["source"], preds["memory"])
     figures["frames"] = int(len(frames_bgr))
     reasons = _reasons(preds["candidate"], preds["source"], figures, cfg)
+    if cfg.max_quality_drop < 1:
+        quality = {name: label_free_quality(model, frames_bgr)
+                   for name, model in (("candidate", candidate), ("source", source))}
+        figures["source_agreement"] = round(agreement(preds["candidate"], preds["source"]), 5)
+        figures["label_free"] = {name: {"flip": round(q.flip_agreement, 5),
+                                        "prototype": round(q.prototype_agreement, 5)}
+                                 for name, q in quality.items()}
+        reasons += _quality_reasons(quality["candidate"], quality["source"], cfg.max_quality_drop)
     return HealthReport(not reasons, reasons, figures)
+
+
+def _quality_reasons(candidate: LabelFreeQuality, source: LabelFreeQuality,
+                     max_drop: float) -> list[str]:
+    """The guard against serving worse than the source network: its label-free quality
+    (:class:`LabelFreeQuality`) may not fall more than ``max_drop`` below the source's."""
+    reasons = []
+    for what, got, ref in (("flip agreement", candidate.flip_agreement, source.flip_agreement),
+                           ("prototype agreement", candidate.prototype_agreement,
+                            source.prototype_agreement)):
+        if got < ref - max_drop:
+            reasons.append(f"worse than the source network by its {what}: {got:.3f} < "
+                           f"{ref:.3f} - {max_drop}")
+    return reasons
