@@ -53,10 +53,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from method_runs import (METHOD_NAMES, finetune_supervised, method_configs,  # this folder
-                         sample_batches, size_option, summarise)
+from method_runs import (METHOD_NAMES, VARIANTS, finetune_supervised,  # this folder
+                         method_configs, sample_batches, size_option, summarise, variant_label)
 
 from iapc.errors import UserError, run_cli
+from iapc.method_config import PRESETS
 from iapc.metrics import mean_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shifts", default=",".join(SHIFTS), help="comma list of: dusk, day")
     p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma list of: "
                    + ", ".join(METHOD_NAMES))
+    p.add_argument("--variants", default="", help="comma list of method_runs.py variants "
+                   "compared too (stream-preset ablations, BN-adapt with a source share): "
+                   + ", ".join(VARIANTS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=60, help="adaptation steps per method and seed")
     p.add_argument("--batch", type=int, default=2)
@@ -163,6 +167,8 @@ def check_args(args: argparse.Namespace) -> None:
     if unknown or not args.method_list:
         raise UserError(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}"
                         if unknown else "--methods is empty: name at least one method")
+    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.method_list += [variant_label(v) for v in args.variant_list]
     if args.seeds < 1 or args.steps < 1 or args.batch < 1 or args.probe < 0:
         raise UserError("--seeds, --steps and --batch must be at least 1, --probe at least 0")
 
@@ -228,6 +234,39 @@ def reference_check(model, shift: str, source: dict[str, float], args, cache: Pa
             "frames": len(frames), "what": _every(every), "size": list(args.score_size)}
 
 
+GUARD_SIZE = (480, 360)  # CamVid's own size: the guard looks at frames as a camera gives them
+
+
+def guard_frames(samples):
+    """uint8 (N, H, W, 3) BGR score frames at :data:`GUARD_SIZE`, their labels left unread."""
+    import numpy as np
+
+    return np.stack([image for image, _ in load_pairs(samples, GUARD_SIZE)])
+
+
+def network_figures(net, frames) -> dict[str, Any]:
+    """What the guard reads of one network on unlabelled ``frames``: flip and prototype
+    agreement (:func:`~iapc.daemon.health.label_free_quality`), mean normalised entropy, and
+    its predictions (``"labels"``, to compare with another network's)."""
+    from iapc.daemon.health import label_free_quality, predict
+
+    quality, prediction = label_free_quality(net, frames), predict(net, frames)
+    return {"flip": quality.flip_agreement, "prototype": quality.prototype_agreement,
+            "entropy": prediction.mean_entropy, "labels": prediction}
+
+
+def guard_figures(model, source: dict[str, Any], frames) -> dict[str, Any]:
+    """The label-free figures the health gate can compute for an adapted ``model`` against the
+    source network (``source``: its :func:`network_figures`): both networks' figures and the
+    share of pixels where the two agree. Compared with the true mIoU change in the report."""
+    from iapc.daemon.health import agreement
+
+    adapted = network_figures(model, frames)
+    return {"adapted": {k: v for k, v in adapted.items() if k != "labels"},
+            "source": {k: v for k, v in source.items() if k != "labels"},
+            "source_agreement": agreement(adapted["labels"], source["labels"])}
+
+
 # ----------------------------------------------------------------------------- one method
 
 
@@ -278,7 +317,7 @@ def run_one(model, method: str, shift: str, seed: int, adapt_samples, pairs, arg
                                   args.oracle_lr, seed)
         seconds, pseudo = time.perf_counter() - started, 0.0
     else:
-        cfg, mode = method_configs(seed, args.crop, steps, args.paper_lr)[method]
+        cfg, mode = method_configs(seed, args.crop, steps, args.paper_lr, args.variant_list)[method]
         if cfg.method == "iapc":
             net, seconds, pseudo = run_iapc(model, cfg, mode, adapt_samples, args, seed, steps,
                                             shift, cache / f"{shift}_iapc_paper")
@@ -364,7 +403,10 @@ def settings_key(args, shift: str, seed: int, method: str) -> str:
     setting (``--oracle-lr``, ``--paper-lr``) reuses it."""
     key = [str(args.checkpoint.resolve()), shift, seed, method, args.steps, args.batch,
            list(args.crop), list(args.score_size), args.score_every[shift], args.adapt_every[shift]]
-    own = {"IAPC (paper)": {"paper_lr": args.paper_lr}, "oracle": {"oracle_lr": args.oracle_lr}}
+    stream = {"stream": repr(PRESETS["stream"])}  # a change of the preset is another run
+    own = {"IAPC (paper)": {"paper_lr": args.paper_lr}, "oracle": {"oracle_lr": args.oracle_lr},
+           "IAPC (stream)": stream,
+           **{variant_label(v): {"changes": repr(VARIANTS[v]), **stream} for v in args.variant_list}}
     return json.dumps(key + [own.get(method, {})])
 
 
@@ -473,6 +515,7 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * check['camvid11']:.1f}, shared/real/README.md says {100 * check['reference']:.1f}",
               flush=True)
         pairs = load_pairs(adapt_samples, args.score_size)
+        frames_for_guard, source_guard = guard_frames(score_samples), None
         runs[shift] = []
         for seed in range(args.seeds):
             row: dict[str, dict[str, float]] = {}
@@ -486,8 +529,13 @@ def run(args: argparse.Namespace) -> int:
                     result = run_one(model, method, shift, seed, adapt_samples, pairs, args,
                                      args.steps, cache)
                     scored = time.perf_counter()
-                    scores = score(result.pop("net"), score_samples, args)
-                    done[key] = {**scores, **result, "score_seconds": time.perf_counter() - scored}
+                    net = result.pop("net")
+                    scores = score(net, score_samples, args)
+                    score_seconds = time.perf_counter() - scored
+                    if source_guard is None:
+                        source_guard = network_figures(model, frames_for_guard)
+                    guard = guard_figures(net, source_guard, frames_for_guard)
+                    done[key] = {**scores, **result, "score_seconds": score_seconds, "guard": guard}
                     done_file.parent.mkdir(parents=True, exist_ok=True)
                     done_file.write_text(json.dumps(done, indent=1))
                 r = done[key]

@@ -34,7 +34,8 @@ from iapc.options import parse_size
 
 METHOD_NAMES = ("source-only", "BN-adapt", "TENT", "IAPC (paper)", "IAPC (stream)", "oracle")
 
-# name -> changed fields of the stream preset (ablations of docs/METHOD.md's choices)
+# name -> changed fields of the stream preset (ablations of docs/METHOD.md's choices), or of
+# the config of another method where a "method" key names it
 VARIANTS: dict[str, dict[str, Any]] = {
     "teacher=source": {"teacher": "source"},
     "teacher=source_bn": {"teacher": "source_bn"},
@@ -52,6 +53,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "classifier x1": {"classifier_lr_mult": 1.0},
     "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
     "restore 0.01": {"restore_probability": 0.01},
+    "no source share": {"source_statistics_weight": 0.0},
+    "frame statistics": {"statistics_from": "frame"},
+    # the stream preset before the source share and crop statistics
+    "previous default": {"source_statistics_weight": 0.0, "statistics_from": "frame"},
+    "lr=1e-4 conf>=0.9": {"lr": 1e-4, "min_confidence": 0.9},
+    # BN-adapt with a share of the source statistics kept ("method" names another base method)
+    "BN-adapt + source share 0.25": {"method": "bn", "source_statistics_weight": 0.25},
+    "BN-adapt + source share 0.5": {"method": "bn", "source_statistics_weight": 0.5},
+    "BN-adapt + source share 0.75": {"method": "bn", "source_statistics_weight": 0.75},
 }
 
 
@@ -73,7 +83,8 @@ def stream_config(crop: tuple[int, int], seed: int, **changes) -> AdaptConfig:
     preset_changes = {k: v for k, v in changes.items() if k not in config_fields}
     config_changes = {k: v for k, v in changes.items() if k in config_fields}
     preset = dataclasses.replace(PRESETS["stream"], **preset_changes) if preset_changes else "stream"
-    return AdaptConfig(method="iapc", preset=preset, crop=crop, seed=seed, **config_changes)
+    config_changes.setdefault("method", "iapc")
+    return AdaptConfig(preset=preset, crop=crop, seed=seed, **config_changes)
 
 
 def method_configs(seed: int, crop: tuple[int, int], iters: int, paper_lr: float,
@@ -94,8 +105,16 @@ def method_configs(seed: int, crop: tuple[int, int], iters: int, paper_lr: float
         "IAPC (stream)": (stream_config(crop, seed), "online"),
     }
     for name in variants:
-        configs[f"stream, {name}"] = (stream_config(crop, seed, **VARIANTS[name]), "online")
+        configs[variant_label(name)] = (stream_config(crop, seed, **VARIANTS[name]), "online")
     return configs
+
+
+def variant_label(name: str) -> str:
+    """The method name a variant is reported under: ``"stream, <name>"`` for the stream
+    preset's, the variant's own name where it changes another method."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    return name if "method" in VARIANTS[name] else f"stream, {name}"
 
 
 # ----------------------------------------------------------------------------- the oracle
