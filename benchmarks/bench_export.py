@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from iapc.adapt.models import build_model
+from iapc.engines.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
+from iapc.engines.runner_tensorrt import tensorrt_available
 from iapc.export.onnx_export import export_onnx
+from iapc.export.runners import TorchRunner
 from iapc.options import parse_size
 from iapc.synth import sample_frames
-from iapc.export.runner_onnxrt import OnnxRuntimeRunner, ort_cuda_available
-from iapc.export.runner_tensorrt import tensorrt_available
-from iapc.export.runners import TorchRunner
 
 GOAL_RATIO = 0.7
 
@@ -54,7 +54,7 @@ def make_runners(model, onnx_path: Path, args) -> dict[str, object]:
         if ort_cuda_available():
             runners["ort-cuda"] = OnnxRuntimeRunner(onnx_path, providers="cuda")
         if tensorrt_available()[0]:
-            from iapc.export.runner_tensorrt import EngineFromOnnx, TensorRTRunner
+            from iapc.engines.runner_tensorrt import EngineFromOnnx, TensorRTRunner
             runners["tensorrt-fp16"] = TensorRTRunner(EngineFromOnnx(onnx_path, fp16=True))
         return runners
     return {
@@ -88,7 +88,7 @@ def time_to_ready(model, work: Path, frame_size, args) -> list[tuple[str, float]
         rows.append(("export + ORT session", time.perf_counter() - start))
     rows.insert(0, ("export ONNX", exported))
     if args.device == "cuda" and tensorrt_available()[0]:
-        from iapc.export.runner_tensorrt import EngineFromOnnx, refit_engine_from_onnx
+        from iapc.engines.runner_tensorrt import EngineFromOnnx, refit_engine_from_onnx
         start = time.perf_counter()
         engine = EngineFromOnnx(onnx_path, fp16=True, timing_cache=work / "timing.cache")()
         rows.append(("TensorRT build (fp16)", time.perf_counter() - start))

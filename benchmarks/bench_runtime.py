@@ -120,7 +120,7 @@ def latencies_ms(headers) -> np.ndarray:
 
 def paced_figures(headers, expected: int, run_dir: Path) -> dict:
     """Rate, frames lost and what the runtime's own summary counted, for one paced run."""
-    from iapc.runtime import run_folder
+    from iapc.contracts import run_folder
 
     span = (headers[-1].publish_ns - headers[0].publish_ns) / 1e9
     summary = json.loads((run_dir / run_folder.INFERENCE_SUMMARY).read_text())

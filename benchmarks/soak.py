@@ -27,9 +27,9 @@ from pathlib import Path
 
 import zmq
 
+from iapc.contracts import run_folder
 from iapc.replay.launch import free_loopback_port
 from iapc.replay.record import Collector
-from iapc.runtime import run_folder
 
 SOURCE_FAULTS = "bad=0.002,resize=0.002,outage=0.0003,outage_s=0.5"
 EXTERNAL_FAULTS = ("daemon_kill", "daemon_hang", "subscriber_stall", "engine_corrupt")
@@ -99,7 +99,7 @@ class Injector(threading.Thread):
         return True
 
     def engine_corrupt(self) -> bool:
-        from iapc.export.store import EngineStore
+        from iapc.engines.store import EngineStore
 
         garbage = self.run_dir / "garbage.onnx"
         garbage.write_bytes(os.urandom(4096))

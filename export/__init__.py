@@ -10,6 +10,5 @@
 - ``cli``: ``iapc export``.
 
 The torch-free half (engine targets, the other runners, the store and its manifest) is
-:mod:`iapc.engines`; ``store``, ``runner_onnxrt`` and ``runner_tensorrt`` here are its old names,
-kept for ``benchmarks/`` only. Nothing is imported here.
+:mod:`iapc.engines`. Nothing is imported here.
 """

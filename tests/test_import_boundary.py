@@ -17,22 +17,16 @@ TORCH_FREE_PACKAGES = ("iapc.contracts", "iapc.engines", "iapc.runtime", "iapc.r
                        "iapc.synth", "iapc.replay")
 # (the torch side is iapc.adapt, iapc.daemon and iapc.export)
 TORCH_SIDE: set[str] = set()
-# Shared top-level modules, the tools' runner factory and the engines' old names (benchmarks/).
+# Shared top-level modules and the tools' runner factory.
 TORCH_FREE_MODULES = ("iapc", "iapc.cache", "iapc.cli", "iapc.data", "iapc.errors", "iapc.files",
                       "iapc.labels", "iapc.metrics", "iapc.method_config", "iapc.options",
-                      "iapc.settings", "iapc.shipped", "iapc.export.runners", "iapc.export.store",
-                      "iapc.export.runner_onnxrt", "iapc.export.runner_tensorrt")
-# Old module names kept for benchmarks/ only: nothing else in the package or the tests uses them.
-OLD_NAMES = ("iapc.export.store", "iapc.export.runner_onnxrt", "iapc.export.runner_tensorrt",
-             "iapc.runtime.run_folder")
+                      "iapc.settings", "iapc.shipped", "iapc.export.runners")
 
 
 def test_the_daemon_and_the_inference_process_meet_only_through_shared_packages():
     """Package-level imports: the runtime imports nothing of the daemon, the daemon of the
-    runtime only its configuration, and neither the engines nor the contracts import a side;
-    the old module names are used by the benchmarks alone."""
+    runtime only its configuration, and neither the engines nor the contracts import a side."""
     import ast
-    import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -54,14 +48,6 @@ def test_the_daemon_and_the_inference_process_meet_only_through_shared_packages(
     for shared in ("iapc/engines", "iapc/contracts"):
         sides = ("iapc.runtime", "iapc.daemon", "iapc.export", "iapc.adapt", "iapc.replay")
         assert not {n for n in imports(shared) if n.startswith(sides)}, shared
-    for folder in ("adapt", "daemon", "export", "runtime", "replay", "iapc", "ros_bridge", "tests"):
-        for path in (root / folder).rglob("*.py"):
-            text = path.read_text()
-            for old in OLD_NAMES:
-                package, name = old.rsplit(".", 1)
-                used = re.search(rf"{re.escape(old)}\b|from {re.escape(package)} import {name}\b",
-                                 text)
-                assert not used or path.name == "test_import_boundary.py", f"{path}: {old}"
 
 
 PROBE = """

@@ -1,4 +1,0 @@
-"""The old name of :mod:`iapc.engines.runner_tensorrt`, kept only for ``benchmarks/`` until their imports move;
-nothing else imports it (tests/test_import_boundary.py checks)."""
-
-from iapc.engines.runner_tensorrt import *  # noqa: F401,F403
