@@ -1,7 +1,7 @@
 """Offline (paper-protocol) IAPC adaptation over an unlabelled image set: ``iapc adapt``.
 
 The source checkpoint is copied into the three networks (source ``S``, memory ``M``, target
-``T``); the target images are resized to ``--size`` and drawn in shuffled batches; each batch
+``T``); the target images are resized to ``--input-size`` and drawn in shuffled batches; each batch
 takes one :func:`~iapc.adapt.method.adaptation_step`. Pseudo-labels are either made once before
 the run from ``S`` with multi-scale + flip averaging and cached as PNGs (``offline``, the
 released code) or computed on the fly from ``S`` (``online``, the streaming variant).

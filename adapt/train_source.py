@@ -225,7 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--input-size", "--size", dest="size", type=parse_size,
                         default=defaults.size, help="WxH resize first")
-    parser.add_argument("--crop", type=parse_size, default=None, help="WxH random crop (default: --size)")
+    parser.add_argument("--crop", type=parse_size, default=None, help="WxH random crop (default: --input-size)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--jitter", type=float, default=defaults.jitter,

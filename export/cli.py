@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"one of {', '.join(BACKENDS)} (default auto: TensorRT if present, "
                              "else ONNX Runtime)")
     parser.add_argument("--store", required=True, help="engine store folder (created if missing)")
-    parser.add_argument("--input-size", "--frame-size", dest="frame_size", default=None,
+    parser.add_argument("--input-size", "--frame-size", dest="frame_size", default=None, metavar="WxH",
                         help="camera frame WIDTHxHEIGHT (default: the size the checkpoint was "
                              "trained at, else 1024x512)")
     parser.add_argument("--confidence", action="store_true", help="also output a uint8 confidence map")

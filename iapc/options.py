@@ -25,7 +25,7 @@ def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
 
 
 def input_size_for(meta: dict, requested: tuple[int, int] | None,
-                   option: str = "--size", prog: str = "") -> tuple[int, int]:
+                   option: str = "--input-size", prog: str = "") -> tuple[int, int]:
     """The size a command runs a checkpoint's model at: ``requested`` if given (one warning
     line when it differs from the size recorded in ``meta["input_size"]``), else the recorded
     size, else :data:`DEFAULT_INPUT_SIZE`."""

@@ -110,7 +110,7 @@ class OnnxRuntimeRunner(Runner):
             if isinstance(want, int) and want != got:
                 raise UserError(f"{self.onnx_path.name} takes frames of shape {self._input_shape}, got "
                                 f"{tuple(frames.shape)} (axis {axis}): resize the frames or "
-                                "re-export with --frame-size/--dynamic-batch")
+                                "re-export with --input-size/--dynamic-batch")
 
     def infer_impl(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         self._check_shape(frames)

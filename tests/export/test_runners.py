@@ -49,7 +49,7 @@ def test_bad_frames_are_user_errors(tiny_onnx, frames):
             runner.infer(frames[:1].astype(np.float32))
         with pytest.raises(UserError, match=r"\(N, H, W, 3\)"):
             runner.infer(frames[0])
-        with pytest.raises(UserError, match="re-export with --frame-size"):
+        with pytest.raises(UserError, match="re-export with --input-size"):
             runner.infer(np.zeros((1, 32, 128, 3), np.uint8))
     with pytest.raises(UserError, match="does not exist"):
         OnnxRuntimeRunner("missing.onnx").activate()
