@@ -1,8 +1,9 @@
 """TensorRT: build an engine from the exported ONNX, save it, refit it, run it.
 
 Loaders follow Polygraphy's naming: :class:`EngineFromOnnx` (build), :class:`SaveEngine` (write);
-:func:`refit_engine_from_onnx` loads new weights into a *standby* engine. Written for the
-TensorRT 10 Python API; TensorRT 11 (no FP16 builder flag, strongly typed networks only) is
+:func:`refit_engine_from_onnx` loads new weights into a *standby* engine (the runtime does not
+refit: each engine version is a fresh build in the daemon; ``benchmarks/bench_export.py`` times a
+refit against a build). Written for the TensorRT 10 Python API; TensorRT 11 (no FP16 builder flag, strongly typed networks only) is
 handled by converting the ONNX file to fp16 before parsing. Device memory and the stream come
 from cuda-python. Nothing here imports tensorrt or touches a GPU before it is called.
 """
