@@ -403,7 +403,7 @@ STATUS_SPECS: tuple[StatusSpec, ...] = (
         _f("score", "number", "`domain_shift`: how far the new frames are from the domain left (descriptor z-score)"),
     )),
     StatusSpec(StatusKind.ENGINE, "when a stored engine cannot be used here", (
-        _f("state", "string", "`rejected`: the engine failed to load or warm up"),
+        _f("state", "string", "`rejected`: the engine failed to load (its files fail the store's check, or it was built for another engine target) or to warm up"),
         _f("version", "integer", "the rejected version"),
         _f("reason", "string", "why"),
         _f("in_service", "integer", "the version still serving"),
