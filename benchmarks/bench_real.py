@@ -255,15 +255,20 @@ def network_figures(net, frames) -> dict[str, Any]:
             "entropy": prediction.mean_entropy, "labels": prediction}
 
 
-def guard_figures(model, source: dict[str, Any], frames) -> dict[str, Any]:
+def guard_figures(model, source_model, source: dict[str, Any], frames) -> dict[str, Any]:
     """The label-free figures the health gate can compute for an adapted ``model`` against the
-    source network (``source``: its :func:`network_figures`): both networks' figures and the
-    share of pixels where the two agree. Compared with the true mIoU change in the report."""
-    from iapc.daemon.health import agreement
+    ``source_model`` (``source``: its :func:`network_figures`): both networks' figures, those
+    of the source weights under the adapted statistics (the guard's reference,
+    :func:`~iapc.daemon.health.weights_quality`) and the share of pixels where the adapted and
+    source networks agree. Compared with the true mIoU change in the report."""
+    from iapc.daemon.health import agreement, weights_quality
 
     adapted = network_figures(model, frames)
+    reference = weights_quality(model, source_model, frames)["source_weights"]
     return {"adapted": {k: v for k, v in adapted.items() if k != "labels"},
             "source": {k: v for k, v in source.items() if k != "labels"},
+            "source_weights": {"flip": reference.flip_agreement,
+                               "prototype": reference.prototype_agreement},
             "source_agreement": agreement(adapted["labels"], source["labels"])}
 
 
@@ -290,9 +295,10 @@ def run_on_crops(model, cfg, pairs, args, seed: int, steps: int) -> tuple[Any, f
 
 
 def run_iapc(model, cfg, mode: str, samples, args, seed: int, steps: int, shift: str,
-             label_dir: Path | None) -> tuple[Any, float, float]:
+             label_dir: Path | None) -> tuple[Any, float, float, float]:
     """An IAPC preset through ``iapc adapt``'s loop on frames upscaled to ``--score-size``.
-    Returns (the adapted network, seconds of the steps, seconds of the pseudo-labels)."""
+    Returns (the adapted network, seconds of the steps, seconds of the pseudo-labels, the
+    source share its statistics ended with)."""
     from iapc.adapt.offline import RunConfig, adapt_offline
 
     run_cfg = RunConfig(iters=steps, batch=args.batch, size=args.score_size, seed=seed,
@@ -304,7 +310,7 @@ def run_iapc(model, cfg, mode: str, samples, args, seed: int, steps: int, shift:
     pseudo = time.perf_counter() - started - result["seconds"]
     if result["skipped"]:
         print(f"      ({result['skipped']} steps skipped: non-finite loss)", flush=True)
-    return result["target"], result["seconds"], pseudo
+    return result["target"], result["seconds"], pseudo, result["source_share"]
 
 
 def run_one(model, method: str, shift: str, seed: int, adapt_samples, pairs, args,
@@ -319,10 +325,11 @@ def run_one(model, method: str, shift: str, seed: int, adapt_samples, pairs, arg
     else:
         cfg, mode = method_configs(seed, args.crop, steps, args.paper_lr, args.variant_list)[method]
         if cfg.method == "iapc":
-            net, seconds, pseudo = run_iapc(model, cfg, mode, adapt_samples, args, seed, steps,
-                                            shift, cache / f"{shift}_iapc_paper")
-        else:
-            (net, seconds), pseudo = run_on_crops(model, cfg, pairs, args, seed, steps), 0.0
+            net, seconds, pseudo, share = run_iapc(model, cfg, mode, adapt_samples, args, seed,
+                                                   steps, shift, cache / f"{shift}_iapc_paper")
+            return {"net": net, "seconds": seconds, "ms_per_step": 1000 * seconds / steps,
+                    "pseudo_seconds": pseudo, "source_share": share}
+        (net, seconds), pseudo = run_on_crops(model, cfg, pairs, args, seed, steps), 0.0
     return {"net": net, "seconds": seconds, "ms_per_step": 1000 * seconds / steps,
             "pseudo_seconds": pseudo}
 
@@ -534,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
                     score_seconds = time.perf_counter() - scored
                     if source_guard is None:
                         source_guard = network_figures(model, frames_for_guard)
-                    guard = guard_figures(net, source_guard, frames_for_guard)
+                    guard = guard_figures(net, model, source_guard, frames_for_guard)
                     done[key] = {**scores, **result, "score_seconds": score_seconds, "guard": guard}
                     done_file.parent.mkdir(parents=True, exist_ok=True)
                     done_file.write_text(json.dumps(done, indent=1))

@@ -53,10 +53,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "classifier x1": {"classifier_lr_mult": 1.0},
     "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
     "restore 0.01": {"restore_probability": 0.01},
-    "no source share": {"source_statistics_weight": 0.0},
+    "no source share": {"source_statistics_weight": 0.0, "choose_source_share": False},
+    "fixed share 0.5": {"choose_source_share": False},
     "frame statistics": {"statistics_from": "frame"},
     # the stream preset before the source share and crop statistics
-    "previous default": {"source_statistics_weight": 0.0, "statistics_from": "frame"},
+    "previous default": {"source_statistics_weight": 0.0, "choose_source_share": False,
+                         "statistics_from": "frame"},
     "lr=1e-4 conf>=0.9": {"lr": 1e-4, "min_confidence": 0.9},
     # BN-adapt with a share of the source statistics kept ("method" names another base method)
     "BN-adapt + source share 0.25": {"method": "bn", "source_statistics_weight": 0.25},

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from iapc.adapt.method import borrowed_statistics
 from iapc.adapt.preprocessing import camera_to_rgb, normalize
 from iapc.runtime.config import HealthConfig
 
@@ -204,26 +205,38 @@ def check_health(candidate: nn.Module, serving: nn.Module, source: nn.Module, me
     figures = _figures(preds["candidate"], preds["serving"], preds["source"], preds["memory"])
     figures["frames"] = int(len(frames_bgr))
     reasons = _reasons(preds["candidate"], preds["source"], figures, cfg)
+    figures["source_agreement"] = round(agreement(preds["candidate"], preds["source"]), 5)
     if cfg.max_quality_drop < 1:
-        quality = {name: label_free_quality(model, frames_bgr)
-                   for name, model in (("candidate", candidate), ("source", source))}
-        figures["source_agreement"] = round(agreement(preds["candidate"], preds["source"]), 5)
+        quality = weights_quality(candidate, source, frames_bgr)
         figures["label_free"] = {name: {"flip": round(q.flip_agreement, 5),
                                         "prototype": round(q.prototype_agreement, 5)}
                                  for name, q in quality.items()}
-        reasons += _quality_reasons(quality["candidate"], quality["source"], cfg.max_quality_drop)
+        reasons += _quality_reasons(quality["candidate"], quality["source_weights"],
+                                    cfg.max_quality_drop)
     return HealthReport(not reasons, reasons, figures)
 
 
-def _quality_reasons(candidate: LabelFreeQuality, source: LabelFreeQuality,
+def weights_quality(candidate: nn.Module, source: nn.Module,
+                    frames_bgr: np.ndarray) -> dict[str, LabelFreeQuality]:
+    """:class:`LabelFreeQuality` of the ``candidate`` and of the source weights normalised with
+    the candidate's BatchNorm statistics (``"source_weights"``): the two differ only by what
+    self-training did to the weights (the statistics have their own label-free choice,
+    :meth:`~iapc.adapt.methods.Adapter.choose_source_share`)."""
+    with borrowed_statistics(source, candidate):
+        reference = label_free_quality(source, frames_bgr)
+    return {"candidate": label_free_quality(candidate, frames_bgr), "source_weights": reference}
+
+
+def _quality_reasons(candidate: LabelFreeQuality, reference: LabelFreeQuality,
                      max_drop: float) -> list[str]:
-    """The guard against serving worse than the source network: its label-free quality
-    (:class:`LabelFreeQuality`) may not fall more than ``max_drop`` below the source's."""
+    """The guard against weights that self-training made worse than the source's: the
+    candidate's label-free quality may not fall more than ``max_drop`` below that of the
+    source weights under the same statistics."""
     reasons = []
-    for what, got, ref in (("flip agreement", candidate.flip_agreement, source.flip_agreement),
+    for what, got, ref in (("flip agreement", candidate.flip_agreement, reference.flip_agreement),
                            ("prototype agreement", candidate.prototype_agreement,
-                            source.prototype_agreement)):
+                            reference.prototype_agreement)):
         if got < ref - max_drop:
-            reasons.append(f"worse than the source network by its {what}: {got:.3f} < "
-                           f"{ref:.3f} - {max_drop}")
+            reasons.append(f"adapted weights worse than the source weights by their {what}: "
+                           f"{got:.3f} < {ref:.3f} - {max_drop}")
     return reasons

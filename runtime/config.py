@@ -115,7 +115,7 @@ class HealthConfig:
                                       "serving", minimum=0, cli=False)
     min_memory_agreement: float = setting(0.3, "pixels where candidate and memory network agree",
                                           minimum=0, maximum=1, cli=False)
-    max_quality_drop: float = setting(1.0, "the candidate's label-free quality (flip and "
+    max_quality_drop: float = setting(0.02, "the candidate's label-free quality (flip and "
                                       "prototype agreement) may fall this far below the source "
                                       "network's (1: no such check)", minimum=0, maximum=1,
                                       cli=False)
