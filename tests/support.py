@@ -6,13 +6,14 @@ Starting and watching a runtime is the replay tooling's job; the tests use its f
 import subprocess
 import time
 
+from iapc.engines.targets import cast_weights_to_fp16 as honest_fp16_cast  # before any monkeypatch
 from iapc.replay.launch import free_loopback_port as free_port
 from iapc.replay.launch import runtime_executable
 from iapc.replay.record import Collector
 from iapc.runtime.client import MaskSubscriber
 
-__all__ = ["Collector", "Events", "FRAMES", "SIZE", "diverse_model", "cityscapes_eval_args", "collect", "free_port", "runtime_args", "runtime_command",
-           "start_runtime"]
+__all__ = ["Collector", "Events", "FRAMES", "SIZE", "diverse_model", "cityscapes_eval_args", "collect", "disagreeing_fp16",
+           "free_port", "runtime_args", "runtime_command", "start_runtime", "tiny_daemon"]
 
 FRAMES = 240  # frames of the end-to-end runs
 SIZE = (128, 64)  # (width, height) of the daemon's and the engines' frames in unit tests
@@ -117,3 +118,47 @@ def diverse_model(seed: int = 0):
     for bn in batch_norms:
         bn.momentum = 0.1
     return model.eval()
+
+
+def tiny_daemon(tmp_path, **settings):
+    """An adaptation daemon on :func:`diverse_model` at SIZE (run folder ``tmp_path/run``, batches
+    of 2, ``settings`` for RuntimeConfig) that has kept 12 frames, and the Events of its run
+    folder. The caller closes ``daemon.events`` and ``events.receiver``."""
+    from iapc.adapt.checkpoint import save_checkpoint
+    from iapc.contracts.handoff import EventSender
+    from iapc.contracts.run_folder import EVENTS_SOCKET, ipc_address
+    from iapc.daemon.process import AdaptationDaemon
+    from iapc.runtime.config import RuntimeConfig
+    from iapc.synth import sample_frames
+
+    checkpoint = tmp_path / "source.pt"
+    save_checkpoint(checkpoint, "tiny", diverse_model())
+    cfg = RuntimeConfig(run_dir=str(tmp_path / "run"), input_size=SIZE, **settings)
+    cfg.adaptation.batch_size = 2
+    (tmp_path / "run").mkdir()
+    events = Events(tmp_path / "run")
+    daemon = AdaptationDaemon(cfg, str(checkpoint),
+                              EventSender(ipc_address(tmp_path / "run", EVENTS_SOCKET)))
+    for image in sample_frames(12, SIZE, seed=2):
+        daemon.keep(image)
+    return daemon, events
+
+
+def disagreeing_fp16(src, dst):
+    """A stand-in fp16 conversion gone wrong, whose engine disagrees with the weights (as an
+    fp16 overflow would): the honest cast, then every per-channel vector (biases,
+    normalisation) shifted far. Patched in for ``iapc.engines.targets.cast_weights_to_fp16``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    honest_fp16_cast(src, dst)
+    model = onnx.load(str(dst))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT16 and len(init.dims) == 1:
+            values = numpy_helper.to_array(init).astype(np.float32)
+            shifted = values + rng.normal(0, 3.0, values.shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(shifted.astype(np.float16), init.name))
+    onnx.save(model, str(dst))
+    return dst

@@ -7,11 +7,9 @@ TensorRT, with the reason)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
 
-from support import SIZE, Events, diverse_model
+from support import SIZE, diverse_model, disagreeing_fp16, tiny_daemon
 
 from iapc.daemon.engine_health import score_engine
 from iapc.daemon.health import HealthReport
@@ -21,54 +19,18 @@ from iapc.export.parity import REDUCED_PRECISION_MIN_AGREEMENT, check_parity
 from iapc.engines.runner_base import Runner
 from iapc.engines.runner_tensorrt import tensorrt_available
 from iapc.engines.store import EngineStore
-from iapc.contracts import run_folder
-from iapc.runtime.config import HealthConfig, RuntimeConfig
+from iapc.runtime.config import HealthConfig
 from iapc.synth import sample_frames
 
 TRT_OK, TRT_WHY = tensorrt_available()
-HONEST_CAST = engines.cast_weights_to_fp16
-
-
-def make_daemon(tmp_path, **settings):
-    from iapc.adapt.checkpoint import save_checkpoint
-    from iapc.daemon.process import AdaptationDaemon
-    from iapc.contracts.handoff import EventSender
-    from iapc.contracts.run_folder import ipc_address
-
-    checkpoint = tmp_path / "source.pt"
-    save_checkpoint(checkpoint, "tiny", diverse_model())
-    cfg = RuntimeConfig(run_dir=str(tmp_path / "run"), input_size=SIZE, **settings)
-    cfg.adaptation.batch_size = 2
-    (tmp_path / "run").mkdir()
-    events = Events(tmp_path / "run")
-    d = AdaptationDaemon(cfg, str(checkpoint),
-                         EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET)))
-    for image in sample_frames(12, SIZE, seed=2):
-        d.keep(image)
-    return d, events
 
 
 @pytest.fixture()
 def daemon_fp16(tmp_path):
-    d, events = make_daemon(tmp_path, backend="onnxruntime", precision="fp16")
+    d, events = tiny_daemon(tmp_path, backend="onnxruntime", precision="fp16")
     yield d, events
     d.events.close()
     events.receiver.close()
-
-
-def overflowing_fp16(src, dst):
-    """A stand-in fp16 conversion gone wrong (as an fp16 overflow would): the honest cast, then
-    every per-channel vector (biases, normalisation) shifted far."""
-    HONEST_CAST(src, dst)
-    model = onnx.load(str(dst))
-    rng = np.random.default_rng(0)
-    for init in model.graph.initializer:
-        if init.data_type == TensorProto.FLOAT16 and len(init.dims) == 1:
-            values = numpy_helper.to_array(init).astype(np.float32)
-            shifted = values + rng.normal(0, 3.0, values.shape).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(shifted.astype(np.float16), init.name))
-    onnx.save(model, str(dst))
-    return dst
 
 
 def test_the_daemon_stores_the_engine_it_gated_with_its_target(daemon_fp16):
@@ -98,7 +60,7 @@ def test_an_fp16_engine_that_disagrees_is_rejected_and_the_state_rolls_back(daem
     d, events = daemon_fp16
     assert d.export_version() == 1
     d.step()
-    monkeypatch.setattr(engines, "cast_weights_to_fp16", overflowing_fp16)
+    monkeypatch.setattr(engines, "cast_weights_to_fp16", disagreeing_fp16)
     assert d.export_version() is None
     sent = events.all()
     rejected = next(e for e in sent if e["type"] == "rejected")
@@ -140,7 +102,7 @@ def test_the_health_gate_fails_an_engine_that_is_not_its_weights():
 def test_a_tensorrt_deployment_gates_and_stores_the_engine_it_serves(tmp_path):
     from iapc.engines.runner_tensorrt import TensorRTRunner
 
-    d, events = make_daemon(tmp_path, backend="tensorrt")
+    d, events = tiny_daemon(tmp_path, backend="tensorrt")
     try:
         assert d.target == engine_target("tensorrt") and d.target.precision == "fp16"
         assert d.export_version() == 1

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from support import SIZE, Events, diverse_model
+from support import SIZE, diverse_model, tiny_daemon
 
 from iapc.adapt.models import build_model
 from iapc.synth import sample_frames
 from iapc.engines.store import EngineStore
-from iapc.runtime.config import HealthConfig, RuntimeConfig
+from iapc.runtime.config import HealthConfig
 from iapc.daemon.health import check_health, js_divergence, non_finite_tensors, predict
-from iapc.contracts import run_folder
 
 @pytest.fixture(scope="module")
 def frames():
@@ -94,21 +93,7 @@ def test_a_sudden_distribution_jump_is_rejected(frames):
 
 @pytest.fixture()
 def daemon(tmp_path, frames):
-    from iapc.adapt.checkpoint import save_checkpoint
-    from iapc.daemon.process import AdaptationDaemon
-    from iapc.contracts.handoff import EventSender
-    from iapc.contracts.run_folder import ipc_address
-
-    checkpoint = tmp_path / "source.pt"
-    save_checkpoint(checkpoint, "tiny", diverse_model())
-    cfg = RuntimeConfig(run_dir=str(tmp_path / "run"), input_size=SIZE)
-    cfg.adaptation.batch_size = 2
-    (tmp_path / "run").mkdir()
-    events = Events(tmp_path / "run")
-    d = AdaptationDaemon(cfg, str(checkpoint),
-                         EventSender(ipc_address(tmp_path / "run", run_folder.EVENTS_SOCKET)))
-    for image in sample_frames(12, SIZE, seed=2):
-        d.keep(image)
+    d, events = tiny_daemon(tmp_path)
     assert len(d.frames.holdout) == 3 and len(d.frames) == 9  # every 4th frame is held out
     assert d.export_version() == 1  # the source weights, as at start-up
     assert [e["type"] for e in events.all()] == ["version"]

@@ -11,6 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from support import disagreeing_fp16
+
 from iapc.errors import UserError
 from iapc.engines import targets as engines
 from iapc.export.deploy import Candidate, DeployOptions, deploy
@@ -22,7 +24,6 @@ from iapc.engines.store import EngineStore
 
 FP32 = EngineTarget("onnxruntime", "fp32", "cpu")
 FP16 = EngineTarget("onnxruntime", "fp16", "cpu")
-HONEST_CAST = engines.cast_weights_to_fp16
 
 
 def _deploy(tmp_path, model, frames, target, min_agreement=None):
@@ -33,21 +34,6 @@ def _deploy(tmp_path, model, frames, target, min_agreement=None):
     options = DeployOptions(frame_size=(128, 64), min_agreement=bound, target=target)
     candidate = Candidate(model, model="tiny", num_classes=19, method="none", step=0, config={})
     return store, deploy(candidate, store, frames, options, work)
-
-
-def broken_fp16(src, dst):
-    """A conversion whose engine disagrees with the weights (as an fp16 overflow would): the
-    honest cast, then every per-channel vector (biases, normalisation) shifted far."""
-    HONEST_CAST(src, dst)
-    model = onnx.load(str(dst))
-    rng = np.random.default_rng(0)
-    for init in model.graph.initializer:
-        if init.data_type == TensorProto.FLOAT16 and len(init.dims) == 1:
-            values = numpy_helper.to_array(init).astype(np.float32)
-            shifted = values + rng.normal(0, 3.0, values.shape).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(shifted.astype(np.float16), init.name))
-    onnx.save(model, str(dst))
-    return dst
 
 
 def test_the_fp16_stand_in_engine_is_gated_and_stored_with_its_target(tmp_path, tiny_model,
@@ -70,7 +56,7 @@ def test_the_fp16_stand_in_engine_is_gated_and_stored_with_its_target(tmp_path, 
 
 def test_an_engine_whose_masks_disagree_is_rejected_and_nothing_is_stored(
         tmp_path, tiny_model, frames, monkeypatch):
-    monkeypatch.setattr(engines, "cast_weights_to_fp16", broken_fp16)
+    monkeypatch.setattr(engines, "cast_weights_to_fp16", disagreeing_fp16)
     store, result = _deploy(tmp_path, tiny_model, frames, FP16)
     assert result.rejected_by == "parity" and result.version is None
     assert result.parity.agreement < REDUCED_PRECISION_MIN_AGREEMENT
