@@ -40,7 +40,8 @@ from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_n
                                copy_buffers, device_of, make_networks, make_optimizer,
                                mean_entropy, mix_in_source_statistics, set_source_share,
                                target_statistics, update_bn_statistics)
-from iapc.method_config import SOURCE_SHARES
+from iapc.adapt.augment import random_rescale_crop
+from iapc.method_config import SOURCE_SHARES, get_preset
 from iapc.errors import UserError
 
 
@@ -58,6 +59,8 @@ class Adapter:
         self.cfg = cfg.resolved()  # the preset's values where cfg leaves them None
         self.source = copy.deepcopy(model).eval().requires_grad_(False)
         self.step_count = 0
+        # where statistics-only updates take their crops (statistics_from "crop")
+        self.statistics_generator = torch.Generator().manual_seed(self.cfg.seed)
 
     def step(self, batch: torch.Tensor, pseudo_label: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> dict[str, float]:
@@ -100,7 +103,7 @@ class Adapter:
         if not batch_norm_layers(network):
             return
         modes = {m: m.training for m in network.modules()}
-        bn_adapt(network, [batch])
+        bn_adapt(network, [self.statistics_view(batch)])
         if self.cfg.source_statistics_weight > 0:
             mix_in_source_statistics(network, self.source, self.cfg.source_statistics_weight)
         for module, mode in modes.items():
@@ -112,7 +115,17 @@ class Adapter:
         weights, the step counter and the schedule are untouched."""
         network = self.deployable()
         if batch_norm_layers(network):
-            update_bn_statistics(network, batch.to(device_of(network)), self.cfg, self.source)
+            update_bn_statistics(network, self.statistics_view(batch).to(device_of(network)),
+                                 self.cfg, self.source)
+
+    def statistics_view(self, batch: torch.Tensor) -> torch.Tensor:
+        """What statistics-only updates see of a uint8 (N, 3, H, W) batch: the whole frames, or
+        with the preset's ``statistics_from`` "crop" a random ``cfg.crop`` window of each (the
+        extent the method's own steps take their statistics from)."""
+        if get_preset(self.cfg.preset).statistics_from != "crop":
+            return batch
+        return random_rescale_crop(batch, self.cfg.fitted_to(batch.shape[-1], batch.shape[-2]).crop_hw,
+                                   (1.0, 1.0), generator=self.statistics_generator).x0
 
     def choose_source_share(self, images: torch.Tensor) -> dict[float, float]:
         """The label-free choice of the source share of the BatchNorm statistics

@@ -126,3 +126,24 @@ def test_no_choice_where_the_method_makes_none():
     images = _batches(1)[0]
     assert fixed.choose_source_share(images) == {} and plain.choose_source_share(images) == {}
     assert fixed.cfg.source_statistics_weight == 0.5 and plain.cfg.source_statistics_weight == 0.0
+
+
+def test_statistics_only_updates_follow_the_crop_the_stream_adapts_on():
+    """The stream preset's statistics phase and recalibration see cfg.crop windows of larger
+    frames, as its gradient steps do; BN-adapt (statistics from whole frames) sees the frames."""
+    from iapc.adapt.augment import random_rescale_crop
+
+    source = _model()
+    batch = torch.randint(0, 256, (2, 3, 64, 96), generator=torch.Generator().manual_seed(5),
+                          dtype=torch.uint8)
+    stream = make_adapter("iapc", source, AdaptConfig(method="iapc", preset="stream", crop=(48, 32)))
+    expected = copy.deepcopy(stream.deployable())
+    window = random_rescale_crop(batch, (32, 48), (1.0, 1.0),
+                                 generator=torch.Generator().manual_seed(stream.cfg.seed)).x0
+    assert tuple(window.shape) == (2, 3, 32, 48)
+    update_bn_statistics(expected, window, stream.cfg, stream.source)
+    stream.follow_statistics(batch)
+    for got, want in zip(_statistics(stream.deployable()), _statistics(expected)):
+        torch.testing.assert_close(got, want)
+    plain = make_adapter("bn", source, AdaptConfig(method="bn"))
+    assert plain.statistics_view(batch) is batch
