@@ -81,12 +81,21 @@ def adaptation_device(cfg: RuntimeConfig) -> torch.device:
     return torch.device(name)
 
 
-def lower_priority(nice: int, threads: int) -> None:
-    """Leave the CPU to the inference loop: fewer threads, lower scheduling priority."""
+def lower_priority(nice: int, threads: int, idle: bool = False) -> str:
+    """Leave the CPU to the inference loop: fewer threads, lower scheduling priority (the idle
+    class where asked and the OS has it, else ``nice``). Returns the one used: "idle" or
+    "nice N". Call it before the daemon starts threads: they inherit it."""
     torch.set_num_threads(max(1, threads))
     torch.set_num_interop_threads(1)
+    if idle and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError as err:  # a container may forbid it: fall back to nice
+            log.warning("cannot use the idle scheduling class (%s): using nice %d", err, nice)
     if nice > 0:
         os.nice(nice)
+    return f"nice {nice}"
 
 
 class AdaptationDaemon:
@@ -236,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(message)s")
     cfg = RuntimeConfig.from_dict(json.loads(Path(args.config).read_text()))
-    lower_priority(cfg.adaptation.nice, cfg.adaptation.threads)
+    priority = lower_priority(cfg.adaptation.nice, cfg.adaptation.threads,
+                              cfg.adaptation.idle_priority)
+    log.info("daemon priority: %s", priority)
     return run_cli("iapc-runtime daemon", lambda: serve(cfg, args.checkpoint))
 
 

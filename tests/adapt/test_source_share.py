@@ -89,9 +89,9 @@ def test_the_share_chosen_label_free_is_the_lowest_entropy_one_and_it_is_kept():
     from iapc.method_config import SOURCE_SHARES
 
     source = _model()
-    cfg = AdaptConfig(method="iapc", preset="stream", crop=(48, 32))
+    cfg = AdaptConfig(method="iapc", preset="stream", crop=(48, 32), choose_source_share=True)
     adapter = make_adapter("iapc", source, cfg)
-    assert adapter.cfg.choose_source_share and adapter.cfg.source_statistics_weight == 0.5
+    assert adapter.cfg.source_statistics_weight == 0.5
     for batch in _batches():
         adapter.follow_statistics(batch)
     images = torch.cat(_batches(2, seed=1))
@@ -120,8 +120,7 @@ def test_the_share_chosen_label_free_is_the_lowest_entropy_one_and_it_is_kept():
 
 def test_no_choice_where_the_method_makes_none():
     source = _model()
-    fixed = make_adapter("iapc", source, AdaptConfig(method="iapc", preset="stream", crop=(48, 32),
-                                                     choose_source_share=False))
+    fixed = make_adapter("iapc", source, AdaptConfig(method="iapc", preset="stream", crop=(48, 32)))
     plain = make_adapter("bn", source, AdaptConfig(method="bn"))
     images = _batches(1)[0]
     assert fixed.choose_source_share(images) == {} and plain.choose_source_share(images) == {}
