@@ -58,10 +58,12 @@ class AdaptationConfig:
                            minimum=1, cli=False)
     nice: int = setting(10, "CPU priority of the daemon relative to the loop", minimum=0,
                         maximum=19, cli=False)
-    idle_priority: bool = setting(True, "run the daemon under the OS's idle scheduling class "
-                                  "(Linux SCHED_IDLE): it computes only on CPU time the loop "
-                                  "leaves, and a waking loop preempts it at once (else: nice)",
-                                  cli=False)
+    # Off by default: under sustained load from other processes an idle-class daemon gets no
+    # CPU at all, not even to end on SIGTERM (seen in the test suite beside a benchmark).
+    idle_priority: bool = setting(False, "run the daemon under the OS's idle scheduling class "
+                                  "(Linux SCHED_IDLE): it computes only on CPU time nothing "
+                                  "else wants, and a waking loop preempts it at once (else: "
+                                  "nice)", cli=False)
     device: str = setting("auto", "where the daemon adapts: auto (CUDA when present), cpu, cuda",
                           flag="--adapt-device")
     # Fraction of wall time the daemon may spend computing (0 < d <= 1): after a step of t
