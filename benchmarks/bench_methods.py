@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from method_runs import (VARIANTS, finetune_supervised, method_configs, sample_batches,  # this folder
-                         summarise, timed)
+                         summarise, timed, variant_label)
 
 from iapc.adapt.checkpoint import load_model
 from iapc.data import find_samples, load_sample
@@ -99,8 +99,9 @@ def run_domain(model, domain: str, seed: int, args) -> dict[str, float]:
     print(f"  {domain}, seed {seed}:", flush=True)
     scores = {}
     configs = method_configs(seed, args.crop, args.iters, args.paper_lr, args.variant_list)
+    variants = {variant_label(v) for v in args.variant_list}
     for name, (cfg, pseudo_labels) in configs.items():
-        if name in args.method_list or name.startswith("stream, "):
+        if name in args.method_list or name in variants:
             scores[name] = timed(name, lambda: run_method(model, train, val, cfg, pseudo_labels,
                                                           args, seed))
     if "oracle" in args.method_list:

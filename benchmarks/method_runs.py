@@ -54,7 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "classifier x1 lr=3e-5": {"classifier_lr_mult": 1.0, "lr": 3e-5},
     "restore 0.01": {"restore_probability": 0.01},
     "no source share": {"source_statistics_weight": 0.0, "choose_source_share": False},
-    "chosen share": {"choose_source_share": True},
+    "fixed share 0.5": {"choose_source_share": False},
     "frame statistics": {"statistics_from": "frame"},
     # the stream preset before the source share and crop statistics
     "previous default": {"source_statistics_weight": 0.0, "choose_source_share": False,

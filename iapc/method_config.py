@@ -79,8 +79,8 @@ class Preset:
     source_statistics_weight: float = 0.0
     # Before each export, the share is chosen label-free among SOURCE_SHARES: the one whose
     # normalisation gives the lowest mean prediction entropy on recent frames
-    # (Adapter.choose_source_share). Off in every preset: on real dusk it chose 0 where 0.5
-    # scored 1.7 points higher (docs/METHOD.md).
+    # (Adapter.choose_source_share). On in the stream preset: a fixed share that real frames
+    # need costs the synthetic domains, where target statistics are all (docs/METHOD.md).
     choose_source_share: bool = False
     # What T's running statistics follow when they are "clean" or "frozen": "frame" (the whole
     # un-augmented frames) or "crop" (the un-rescaled crop x0, the extent the network adapts on).
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
                        ps_reshape_quirk=True, weights=LossWeights(ia=0.2, im=2.0, ps=0.04, pe=0.5)),
     # The runtime's default: the paper's losses around a step that keeps what target
     # normalisation gives (clean statistics from the crop the step adapts on, half of them the
-    # source's (a fixed share), a teacher that uses them, the rare threshold scaled to the crop, a learning
+    # source's to start with, then the share chosen label-free, a teacher that uses them, the rare threshold scaled to the crop, a learning
     # rate that leaves the normalisation gain in place: 3e-5, classifier not faster than the
     # backbone). Each choice and its measured effect: docs/METHOD.md.
     "stream": Preset("stream", importance="probability", im="entropy_diversity",
@@ -102,7 +102,8 @@ PRESETS: dict[str, Preset] = {
                      bn_statistics="clean", teacher="memory", rare_fraction=1 / 32,
                      lr=3e-5, classifier_lr_mult=1.0, warmup_iters=20, ema_alpha=0.999,
                      schedule="constant", restore_probability=0.01,
-                     source_statistics_weight=0.5, statistics_from="crop"),
+                     source_statistics_weight=0.5, choose_source_share=True,
+                     statistics_from="crop"),
 }
 BN_STATISTICS = ("augmented", "clean", "frozen")
 # The source shares a label-free choice picks from (1 is left out: it would forget the target

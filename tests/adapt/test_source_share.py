@@ -120,7 +120,8 @@ def test_the_share_chosen_label_free_is_the_lowest_entropy_one_and_it_is_kept():
 
 def test_no_choice_where_the_method_makes_none():
     source = _model()
-    fixed = make_adapter("iapc", source, AdaptConfig(method="iapc", preset="stream", crop=(48, 32)))
+    fixed = make_adapter("iapc", source, AdaptConfig(method="iapc", preset="stream", crop=(48, 32),
+                                                     choose_source_share=False))
     plain = make_adapter("bn", source, AdaptConfig(method="bn"))
     images = _batches(1)[0]
     assert fixed.choose_source_share(images) == {} and plain.choose_source_share(images) == {}
