@@ -82,10 +82,10 @@ def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> d
 
 def main() -> int:
     from iapc.adapt.embedded import EMBEDDED_SIZE
-    from iapc.runtime.config import AdaptationConfig
+    from iapc.runtime.config import DaemonConfig
 
     args = parse_args()
-    defaults = AdaptationConfig()
+    defaults = DaemonConfig()
     every = args.sample_every or defaults.sample_every
     own = (defaults.shift_z, defaults.shift_window, defaults.domain_min_frames,
            defaults.shift_match_factor, defaults.shift_return_window)

@@ -17,7 +17,7 @@ from pathlib import Path
 from iapc.errors import UserError, run_cli
 from iapc.method_config import AdaptConfig
 from iapc.options import DEFAULT_INPUT_SIZE, input_size_for
-from iapc.runtime.config import AdaptationConfig, RuntimeConfig, SourceConfig, load_yaml_config
+from iapc.runtime.config import DaemonConfig, RuntimeConfig, SourceConfig, load_yaml_config
 from iapc.settings import add_flags, apply_flags
 
 SOURCE_FLAGS = {"camera": "camera", "video": "video", "images": "images",
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "adapted versions are kept, not served)")
     a.add_argument("--resume-latest", action="store_true",
                    help="with --no-adapt: serve the store's latest (adapted) version instead")
-    add_flags(a, AdaptationConfig, "adaptation__")
+    add_flags(a, DaemonConfig, "adaptation__")
     p.add_argument("--config", metavar="FILE.yaml", help="config file; options given here override it")
     p.add_argument("--quiet", action="store_true", help="no live figures")
     return p

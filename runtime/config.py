@@ -45,7 +45,7 @@ class SourceConfig:
 
 
 @dataclass
-class AdaptationConfig:
+class DaemonConfig:
     """How the daemon runs whichever method ``RuntimeConfig.method`` names."""
 
     enabled: bool = setting(True, "adapt on the stream (False: serve the source engine)", cli=False)
@@ -140,7 +140,7 @@ def streaming_method() -> AdaptConfig:
 class RuntimeConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     method: AdaptConfig = field(default_factory=streaming_method)
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    adaptation: DaemonConfig = field(default_factory=DaemonConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     model: str = setting("tiny", "architecture of the checkpoint")
     checkpoint: str | None = setting(None, "source checkpoint (default: the embedded synthetic one)")

@@ -44,7 +44,7 @@ def test_the_daemon_and_the_inference_process_meet_only_through_shared_packages(
     assert not {n for n in imports("runtime") if n.startswith("iapc.daemon")}
     assert {n for n in imports("daemon") if n.startswith("iapc.runtime")} <= {
         "iapc.runtime.config", "iapc.runtime.config.RuntimeConfig",
-        "iapc.runtime.config.HealthConfig", "iapc.runtime.config.AdaptationConfig"}
+        "iapc.runtime.config.HealthConfig", "iapc.runtime.config.DaemonConfig"}
     for shared in ("iapc/engines", "iapc/contracts"):
         sides = ("iapc.runtime", "iapc.daemon", "iapc.export", "iapc.adapt", "iapc.replay")
         assert not {n for n in imports(shared) if n.startswith(sides)}, shared
