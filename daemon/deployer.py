@@ -123,7 +123,7 @@ class Deployer:
 
     def candidate(self, network: torch.nn.Module) -> Candidate:
         return Candidate(network, model=self.cfg.model, num_classes=self.cfg.num_classes,
-                         method=self.state.method.method, step=self.adapter.step_count,
+                         method=self.state.method_config.method, step=self.adapter.step_count,
                          config=self.cfg.to_dict(), extra={"losses": self.losses()})
 
     def health_gate(self, network: torch.nn.Module, engine: Runner):

@@ -111,15 +111,15 @@ class AdaptationDaemon:
         self.store = EngineStore(cfg.resolved_store(), keep=cfg.keep_versions)
         model, self.meta = load_model(checkpoint, cfg.model, cfg.num_classes)
         device = adaptation_device(cfg)
-        self.method = method_config(cfg, device)
-        self.adapter = make_adapter(self.method.method, model.to(device), self.method)
+        self.method_config = method_config(cfg, device)
+        self.adapter = make_adapter(self.method_config.method, model.to(device), self.method_config)
         # recent frames to adapt on, and apart from them the held-out ones of the health gate
         self.frames = FrameBuffer(cfg.adaptation.buffer_size,
                                   cfg.health.holdout_size if cfg.health.enabled else 0,
-                                  cfg.adaptation.holdout_every, seed=self.method.seed)
+                                  cfg.adaptation.holdout_every, seed=self.method_config.seed)
         self.progress = Progress()
         self.beat = Heartbeat(self.run_dir / run_folder.HEARTBEAT, cfg.adaptation.heartbeat_every)
-        self.state = StateKeeper(cfg, self.method, self.adapter,
+        self.state = StateKeeper(cfg, self.method_config, self.adapter,
                                  self.run_dir / run_folder.ADAPTATION_STATE, self.progress, events,
                                  domain=lambda: self.domains.current)
         self.stepper = Stepper(cfg, self.adapter, self.frames, self.progress, events,

@@ -25,9 +25,9 @@ class StateKeeper:
     """Writes, loads, resumes and rolls back the state of ``adapter``; ``domain`` says which
     domain the state belongs to (None without the domain bank)."""
 
-    def __init__(self, cfg: RuntimeConfig, method: AdaptConfig, adapter, path: Path,
+    def __init__(self, cfg: RuntimeConfig, method_config: AdaptConfig, adapter, path: Path,
                  progress: Progress, events, domain: Callable[[], int | None] = lambda: None):
-        self.cfg, self.method, self.adapter = cfg, method, adapter
+        self.cfg, self.method_config, self.adapter = cfg, method_config, adapter
         self.path, self.progress, self.events, self.domain = path, progress, events, domain
         # the weights of the engine in service (one more model copy in memory)
         self.serving = copy.deepcopy(adapter.deployable()).eval()
@@ -35,14 +35,14 @@ class StateKeeper:
     def write(self, path: Path, version: int | None) -> None:
         """The state as an ordinary checkpoint of the deployed network, plus the method's."""
         save_checkpoint(path, self.cfg.model, self.adapter.deployable(),
-                        {"adapt": self.method.to_dict(), "runtime": self.cfg.to_dict()},
+                        {"adapt": self.method_config.to_dict(), "runtime": self.cfg.to_dict()},
                         step=self.adapter.step_count, input_size=list(self.cfg.input_size),
-                        method=self.method.method, version=version, domain=self.domain(),
+                        method=self.method_config.method, version=version, domain=self.domain(),
                         **self.adapter.state_dict())
 
     def load(self, path: Path) -> dict:
         payload = read_checkpoint_file(path)
-        if payload.get("method", "iapc") != self.method.method:
+        if payload.get("method", "iapc") != self.method_config.method:
             raise UserError(f"it was made by --method {payload.get('method')}")
         self.adapter.deployable().load_state_dict(payload["state_dict"])
         self.adapter.load_state_dict(payload)
