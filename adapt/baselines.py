@@ -3,7 +3,7 @@
 - BN adapt: re-estimate BatchNorm statistics on target frames, nothing else changes.
 - TENT (Wang et al., ICLR 2021, DequanWang/tent): minimise the prediction entropy by updating
   only the BatchNorm affine parameters, normalising with the current batch's statistics. The one
-  implementation: the runtime's ``tent`` method (:class:`iapc.adapt.methods.Tent`) steps with
+  implementation: the runtime's ``tent`` method (:class:`iapc.adapt.adapters.Tent`) steps with
   :func:`tent_step` too, configured to keep running statistics.
 
 Batches are uint8 (N, 3, H, W) RGB, turned into network input with the model's own ``norm``.
@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from iapc.adapt.method import batch_norm_layers
+from iapc.adapt.iapc_step import batch_norm_layers
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
 

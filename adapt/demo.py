@@ -87,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Steps 1-5 above; returns the mIoUs (fractions) and timings."""
     from iapc.data import find_samples
     from iapc.adapt.evaluate import evaluate_model, labelled_samples
-    from iapc.adapt.method import AdaptConfig
+    from iapc.adapt.iapc_step import AdaptConfig
     from iapc.adapt.offline import RunConfig, adapt_offline
     from iapc.synth import DOMAINS
 

@@ -2,13 +2,13 @@
 
 The source checkpoint is copied into the three networks (source ``S``, memory ``M``, target
 ``T``); the target images are resized to ``--input-size`` and drawn in shuffled batches; each batch
-takes one :func:`~iapc.adapt.method.adaptation_step`. Pseudo-labels are either made once before
+takes one :func:`~iapc.adapt.iapc_step.adaptation_step`. Pseudo-labels are either made once before
 the run from ``S`` with multi-scale + flip averaging and cached as PNGs (``offline``, the
 released code) or computed on the fly from ``S`` (``online``, the streaming variant).
 
 Checkpoints (``OUT/checkpoint_<step>.pth``) are ordinary ``iapc/1`` model files of the target, so
 ``iapc evaluate`` and ``iapc export`` read them, and also hold the memory network, optimiser,
-:class:`~iapc.adapt.method.AdaptState` and both configs: ``--resume`` continues from the latest.
+:class:`~iapc.adapt.iapc_step.AdaptState` and both configs: ``--resume`` continues from the latest.
 
 Data parallel: under ``torchrun --nproc-per-node N`` the same command wraps ``T`` in
 DistributedDataParallel (gloo on CPU, nccl on GPU) and shards the images with a
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from iapc.data import Sample
-    from iapc.adapt.method import AdaptConfig
+    from iapc.adapt.iapc_step import AdaptConfig
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
 PSEUDO_LABEL_DIR = "pseudo_labels"
@@ -229,7 +229,7 @@ def cache_pseudo_labels(source: "nn.Module", samples: Sequence["Sample"], label_
     import cv2
     import torch
 
-    from iapc.adapt.method import generate_pseudo_labels
+    from iapc.adapt.iapc_step import generate_pseudo_labels
 
     meta = {"source": source_id, "size": list(cfg.size), "scales": list(cfg.pseudo_label_scales),
             "flip": cfg.pseudo_label_flip, "samples": len(samples)}
@@ -316,9 +316,9 @@ def restore_adapt_checkpoint(adapter: Any, path: Path) -> list[dict[str, Any]]:
 
 
 def build_adapter(source_model: "nn.Module", adapt_cfg: "AdaptConfig", ctx: DistContext):
-    """The configured method's :class:`~iapc.adapt.methods.Adapter` on ``ctx.device``; an IAPC
+    """The configured method's :class:`~iapc.adapt.adapters.Adapter` on ``ctx.device``; an IAPC
     target is wrapped in DDP when several processes run."""
-    from iapc.adapt.methods import make_adapter
+    from iapc.adapt.adapters import make_adapter
 
     adapter = make_adapter(adapt_cfg.method, source_model.to(ctx.device), adapt_cfg)
     if adapt_cfg.method == "iapc":
@@ -336,7 +336,7 @@ def _evaluate_adapted(adapter, eval_samples, cfg: RunConfig, ctx: DistContext,
     miou = None
     if ctx.is_main:
         from iapc.adapt.evaluate import score_samples
-        from iapc.adapt.methods import deployed
+        from iapc.adapt.adapters import deployed
 
         with deployed(adapter.deployable()) as network:
             miou = score_samples(network, eval_samples, size=cfg.size, batch_size=cfg.batch,

@@ -40,7 +40,7 @@ from iapc.data import find_samples
 from iapc.adapt.demo import DemoConfig, cache_dir, ensure_domain, ensure_source_model
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size, resolve_device
 from iapc.adapt.losses import PRESETS, LossWeights, Preset
-from iapc.adapt.method import AdaptConfig
+from iapc.adapt.iapc_step import AdaptConfig
 from iapc.adapt.offline import RunConfig, TargetImages, adapt_offline
 from iapc.errors import UserError
 
@@ -136,7 +136,7 @@ def pseudo_label_accuracy(model, root: Path, args) -> float:
     """Pixel accuracy, against the ground truth, of the offline (multi-scale + flip) pseudo-labels
     the source model gives the target training images: what IAPC's losses start from."""
     from iapc.data import load_sample
-    from iapc.adapt.method import generate_pseudo_labels
+    from iapc.adapt.iapc_step import generate_pseudo_labels
 
     samples = labelled_samples(root, "train")
     images = torch.stack([TargetImages(samples, args.size, None)[i][0] for i in range(len(samples))])
@@ -209,7 +209,7 @@ def gpu_step_cost(args) -> dict[str, Any] | None:
     """ms per IAPC step and peak memory of deeplabv2_resnet101, batch 6, crop 512x256."""
     if not torch.cuda.is_available():
         return None
-    from iapc.adapt.method import AdaptState, adaptation_step, make_networks, make_optimizer
+    from iapc.adapt.iapc_step import AdaptState, adaptation_step, make_networks, make_optimizer
     from iapc.adapt.models import build_model
 
     results = {}

@@ -3,7 +3,7 @@
 For every synthetic target domain and seed (a freshly generated instance of the domain per seed:
 ``--train-images`` unlabelled training images, ``--val-images`` labelled val images), each method
 adapts a copy of one source checkpoint on the training images through the same
-:func:`~iapc.adapt.offline.adapt_offline` loop and :mod:`iapc.adapt.methods` interface the
+:func:`~iapc.adapt.offline.adapt_offline` loop and :mod:`iapc.adapt.adapters` interface the
 ``iapc adapt --method`` command uses, and is scored (mIoU, 19 classes) on the val images:
 
 - ``source-only`` (``--method none``), ``BN-adapt`` (``bn``), ``TENT`` (``tent``);
@@ -37,7 +37,7 @@ from method_runs import (VARIANTS, finetune_supervised, method_configs, sample_b
 from iapc.adapt.checkpoint import load_model
 from iapc.data import find_samples, load_sample
 from iapc.adapt.evaluate import evaluate_model, labelled_samples, parse_size
-from iapc.adapt.method import AdaptConfig
+from iapc.adapt.iapc_step import AdaptConfig
 from iapc.adapt.offline import RunConfig, adapt_offline
 from iapc.synth import write_domain
 

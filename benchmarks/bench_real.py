@@ -276,12 +276,12 @@ def guard_figures(model, source_model, source: dict[str, Any], frames) -> dict[s
 
 
 def run_on_crops(model, cfg, pairs, args, seed: int, steps: int) -> tuple[Any, float]:
-    """BN-adapt or TENT: ``steps`` steps of the method's :class:`~iapc.adapt.methods.Adapter`
+    """BN-adapt or TENT: ``steps`` steps of the method's :class:`~iapc.adapt.adapters.Adapter`
     on random ``--crop`` windows (:func:`sample_batches`, as the oracle's). Returns (the
     adapted network, seconds of the steps)."""
     import torch
 
-    from iapc.adapt.methods import make_adapter
+    from iapc.adapt.adapters import make_adapter
     from iapc.adapt.preprocessing import camera_to_rgb
 
     torch.manual_seed(seed)
@@ -341,7 +341,7 @@ def probe(model, args, cache: Path) -> int:
     """Time ``--probe`` steps of each method (first shift, seed 0), then the run's estimate."""
     import torch
 
-    from iapc.adapt.method import generate_pseudo_labels
+    from iapc.adapt.iapc_step import generate_pseudo_labels
     from iapc.adapt.offline import _read_rgb
 
     shift = args.shift_list[0]

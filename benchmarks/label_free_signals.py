@@ -42,7 +42,7 @@ from iapc.adapt.baselines import bn_adapt
 from iapc.adapt.checkpoint import load_model
 from iapc.adapt.evaluate import labelled_samples
 from iapc.adapt.losses import IGNORE_INDEX
-from iapc.adapt.method import batch_norm_layers, ensemble_probabilities
+from iapc.adapt.iapc_step import batch_norm_layers, ensemble_probabilities
 from iapc.adapt.preprocessing import camera_to_rgb, normalize
 from iapc.data import load_sample
 from iapc.metrics import ConfusionMatrix
@@ -72,7 +72,7 @@ def predict(model, frames, chunk=16) -> tuple[torch.Tensor, torch.Tensor]:
 
 def predict_ensemble(model, frames, chunk=16) -> torch.Tensor:
     """Softmax (N, K, H, W) averaged over scales 0.75/1/1.25 and flips, as the offline
-    pseudo-labels of IAPC (:func:`~iapc.adapt.method.ensemble_probabilities`)."""
+    pseudo-labels of IAPC (:func:`~iapc.adapt.iapc_step.ensemble_probabilities`)."""
     model.eval()
     return torch.cat([ensemble_probabilities(model, frames[start:start + chunk])
                       for start in range(0, len(frames), chunk)])

@@ -3,7 +3,7 @@
 Imported by ``bench_methods.py`` (synthetic domains) and ``bench_real.py`` (ESPNetv2 on CamVid),
 so that both compare the same methods the same way:
 
-- :func:`method_configs`: name -> (:class:`~iapc.adapt.method.AdaptConfig`, pseudo-label mode)
+- :func:`method_configs`: name -> (:class:`~iapc.method_config.AdaptConfig`, pseudo-label mode)
   of every label-free method (source-only, BN-adapt, TENT, IAPC paper, IAPC stream, and the
   stream preset's ablation :data:`VARIANTS`);
 - :func:`sample_batches` and :func:`finetune_supervised`: the oracle, supervised fine-tuning on

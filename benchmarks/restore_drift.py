@@ -17,11 +17,11 @@ import torch
 
 from iapc import synth
 from iapc.adapt.checkpoint import load_model
-from iapc.adapt.method import AdaptConfig, AdaptState, adaptation_step, make_networks, make_optimizer
+from iapc.adapt.iapc_step import AdaptConfig, AdaptState, adaptation_step, make_networks, make_optimizer
 from iapc.adapt.models import build_model
 from iapc.adapt.preprocessing import camera_to_rgb
 from iapc.runtime.config import HealthConfig
-from iapc.adapt.methods import stochastic_restore
+from iapc.adapt.adapters import stochastic_restore
 from iapc.daemon.health import check_health
 
 

@@ -13,5 +13,5 @@
   and on the engine to be served.
 
 Deployment itself (export -> engine -> parity -> health -> store) is :mod:`iapc.export.deploy`,
-shared with ``iapc export``; the methods it adapts with are :mod:`iapc.adapt.methods`.
+shared with ``iapc export``; the methods it adapts with are :mod:`iapc.adapt.adapters`.
 """

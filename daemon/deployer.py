@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from iapc.adapt.methods import deployed
+from iapc.adapt.adapters import deployed
 from iapc.daemon.buffer import FrameBuffer
 from iapc.daemon.engine_health import score_engine
 from iapc.daemon.health import check_health

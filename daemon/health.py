@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iapc.adapt.method import borrowed_statistics
+from iapc.adapt.iapc_step import borrowed_statistics
 from iapc.adapt.preprocessing import camera_to_rgb, normalize
 from iapc.runtime.config import HealthConfig
 
@@ -221,7 +221,7 @@ def weights_quality(candidate: nn.Module, source: nn.Module,
     """:class:`LabelFreeQuality` of the ``candidate`` and of the source weights normalised with
     the candidate's BatchNorm statistics (``"source_weights"``): the two differ only by what
     self-training did to the weights (the statistics have their own label-free choice,
-    :meth:`~iapc.adapt.methods.Adapter.choose_source_share`)."""
+    :meth:`~iapc.adapt.adapters.Adapter.choose_source_share`)."""
     with borrowed_statistics(source, candidate):
         reference = label_free_quality(source, frames_bgr)
     return {"candidate": label_free_quality(candidate, frames_bgr), "source_weights": reference}

@@ -3,7 +3,7 @@ engine store.
 
 Started by the supervisor as ``python -m iapc.daemon.process --config RUN/config.json``. It
 receives sampled frames from the inference process, keeps a buffer of recent ones
-(:mod:`iapc.daemon.buffer`), runs the configured method (:mod:`iapc.adapt.methods`; by default
+(:mod:`iapc.daemon.buffer`), runs the configured method (:mod:`iapc.adapt.adapters`; by default
 streaming IAPC) on batches drawn from it, and every N steps or T seconds deploys the adapted
 network (:func:`iapc.export.deploy.deploy`: export, the engine of the runtime's target,
 parity, health gate of :mod:`iapc.daemon.health`, store) and announces the new version. A
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from iapc.adapt.checkpoint import load_model
-from iapc.adapt.method import AdaptConfig
-from iapc.adapt.methods import make_adapter
+from iapc.adapt.iapc_step import AdaptConfig
+from iapc.adapt.adapters import make_adapter
 from iapc.daemon.buffer import FrameBuffer
 from iapc.daemon.deployer import EXPORT_PREFIX, Deployer
 from iapc.daemon.domain_switch import DomainSwitcher

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from iapc.adapt.checkpoint import read_checkpoint_file, save_checkpoint
-from iapc.adapt.method import AdaptConfig
+from iapc.adapt.iapc_step import AdaptConfig
 from iapc.daemon.progress import Progress
 from iapc.errors import UserError
 from iapc.runtime.config import RuntimeConfig

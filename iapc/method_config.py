@@ -16,7 +16,7 @@ from typing import Any
 from iapc.errors import UserError
 from iapc.settings import check, from_plain, setting, to_plain
 
-# The methods an Adapter exists for (iapc.adapt.methods.METHODS has one class per name).
+# The methods an Adapter exists for (iapc.adapt.adapters.METHODS has one class per name).
 METHOD_NAMES = ("none", "bn", "tent", "iapc")
 SCHEDULES = ("poly", "constant")
 AMP_DTYPE_NAMES = ("bf16", "fp16")

@@ -13,7 +13,7 @@ import torch
 from iapc.adapt.checkpoint import load_model, read_checkpoint_file, save_checkpoint
 from iapc.data import find_samples
 from iapc.adapt.evaluate import labelled_samples
-from iapc.adapt.method import AdaptConfig
+from iapc.adapt.iapc_step import AdaptConfig
 from iapc.adapt.models import build_model
 from iapc.adapt.offline import RunConfig, adapt_offline, latest_checkpoint
 from iapc.synth import write_domain

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from iapc.adapt.method import AdaptConfig, batch_norm_layers, update_bn_statistics
-from iapc.adapt.methods import make_adapter
+from iapc.adapt.iapc_step import AdaptConfig, batch_norm_layers, update_bn_statistics
+from iapc.adapt.adapters import make_adapter
 from iapc.adapt.models import build_model
 
 
@@ -85,7 +85,7 @@ def test_a_new_domain_recalibrated_from_one_batch_keeps_the_share():
 
 
 def test_the_share_chosen_label_free_is_the_lowest_entropy_one_and_it_is_kept():
-    from iapc.adapt.method import mean_entropy, set_source_share, target_statistics
+    from iapc.adapt.iapc_step import mean_entropy, set_source_share, target_statistics
     from iapc.method_config import SOURCE_SHARES
 
     source = _model()

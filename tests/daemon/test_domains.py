@@ -49,7 +49,7 @@ def test_the_tracker_survives_a_restart_through_the_bank(tmp_path):
 
 def banked_target_statistics(adapter) -> list[torch.Tensor]:
     """The target estimate behind the adapter's statistics, whatever source share they hold."""
-    from iapc.adapt.method import target_statistics
+    from iapc.adapt.iapc_step import target_statistics
 
     return target_statistics(adapter.deployable(), adapter.source,
                              adapter.cfg.source_statistics_weight)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from iapc.adapt.checkpoint import load_model
-from iapc.adapt.method import batch_norm_layers
+from iapc.adapt.iapc_step import batch_norm_layers
 from iapc.daemon.health import check_health, label_free_quality
 from iapc.runtime.config import HealthConfig
 from iapc.shipped import shipped_checkpoint

@@ -143,7 +143,7 @@ def test_a_non_finite_loss_rolls_back(daemon):
 
 
 def test_stochastic_restore_returns_weights_toward_the_source():
-    from iapc.adapt.methods import stochastic_restore
+    from iapc.adapt.adapters import stochastic_restore
 
     source, target = diverse_model(0), diverse_model(1)
     generator = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """Test-time adaptation methods behind one small interface, selected by name (``--method``).
 
 Every method is an :class:`Adapter` built from a source model and an
-:class:`~iapc.adapt.method.AdaptConfig`:
+:class:`~iapc.method_config.AdaptConfig`:
 
 - ``step(batch)`` adapts on one uint8 (N, 3, H, W) RGB batch and returns telemetry (floats);
 - ``deployable()`` is the network to evaluate or export (the caller puts it in eval mode with
@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from iapc.adapt.baselines import bn_adapt, collect_tent_params, configure_tent, tent_step
-from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
-                               copy_buffers, device_of, make_networks, make_optimizer,
-                               mean_entropy, mix_in_source_statistics, set_source_share,
-                               target_statistics, update_bn_statistics)
+from iapc.adapt.iapc_step import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
+                                  copy_buffers, device_of, make_networks, make_optimizer,
+                                  mean_entropy, mix_in_source_statistics, set_source_share,
+                                  target_statistics, update_bn_statistics)
 from iapc.adapt.augment import random_rescale_crop
 from iapc.method_config import SOURCE_SHARES, get_preset
 from iapc.errors import UserError

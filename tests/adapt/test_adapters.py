@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from iapc.adapt.method import AdaptConfig, update_bn_statistics
-from iapc.adapt.methods import METHODS, deployed, make_adapter
+from iapc.adapt.iapc_step import AdaptConfig, update_bn_statistics
+from iapc.adapt.adapters import METHODS, deployed, make_adapter
 from iapc.adapt.models import build_model
 from iapc.errors import UserError
 from iapc.method_config import METHOD_NAMES

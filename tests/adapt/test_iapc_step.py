@@ -13,9 +13,9 @@ from torchvision.transforms.v2 import functional as TF
 from iapc.adapt.augment import (PHOTOMETRIC_OPS, PolicyOp, apply_op, imagenet_photometric_policy,
                                 photometric_augment, random_rescale_crop)
 from iapc.adapt.losses import resize_label, upsample
-from iapc.adapt.method import (AdaptConfig, AdaptState, adaptation_step, ema_update, freeze_bn_affine,
-                               generate_pseudo_labels, learning_rate, make_networks, make_optimizer,
-                               set_learning_rate)
+from iapc.adapt.iapc_step import (AdaptConfig, AdaptState, adaptation_step, ema_update, freeze_bn_affine,
+                                  generate_pseudo_labels, learning_rate, make_networks, make_optimizer,
+                                  set_learning_rate)
 from iapc.adapt.models import build_model
 from iapc.adapt.preprocessing import normalize
 from iapc.errors import UserError
