@@ -107,8 +107,14 @@ def learning_rate(step: int, cfg: AdaptConfig) -> float:
         warm = cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_iters
     else:
         warm = 1.0
-    decay = max(0.0, 1.0 - step / cfg.max_iters) ** cfg.power if cfg.schedule == "poly" else 1.0
+    decay = poly_decay(step, cfg.max_iters, cfg.power) if cfg.schedule == "poly" else 1.0
     return cfg.lr * warm * decay
+
+
+def poly_decay(step: int, total: int, power: float) -> float:
+    """The polynomial learning-rate decay ``max(0, 1 - step/total)^power`` (0 from ``total`` on);
+    the factor of this schedule and of source training (:mod:`iapc.adapt.train_source`)."""
+    return max(0.0, 1.0 - step / total) ** power
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: AdaptConfig) -> float:
@@ -122,23 +128,34 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: AdaptCon
 def make_optimizer(target: nn.Module, cfg: AdaptConfig) -> torch.optim.SGD:
     """SGD (Nesterov) over the trainable parameters: backbone at lr, classifier at 10x lr."""
     cfg = cfg.resolved()
-    groups = target.parameter_groups()
+    optimizer = sgd_optimizer(target, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov,
+                              cfg.classifier_lr_mult)
+    set_learning_rate(optimizer, 0, cfg)
+    return optimizer
+
+
+def sgd_optimizer(network: nn.Module, lr: float, momentum: float, weight_decay: float,
+                  nesterov: bool, classifier_lr_mult: float) -> torch.optim.SGD:
+    """SGD over the trainable parameters of ``network`` in the groups of its
+    ``parameter_groups()``: the backbone at ``lr``, the classifier at ``classifier_lr_mult``
+    times it (each group's ``lr_mult``); used by IAPC and by source training
+    (:mod:`iapc.adapt.train_source`). A trainable parameter in no group is an error."""
+    groups = network.parameter_groups()
     grouped = {id(p) for params in groups.values() for p in params}
-    stray = [name for name, p in target.named_parameters() if p.requires_grad and id(p) not in grouped]
+    stray = [name for name, p in network.named_parameters() if p.requires_grad and id(p) not in grouped]
     if stray:
         raise UserError(f"model parameters {stray[:3]} are trainable but in no parameter group: "
                         "list them in the model's parameter_groups()")
     param_groups = []
-    for name, mult in (("backbone", 1.0), ("classifier", cfg.classifier_lr_mult)):
+    for name, mult in (("backbone", 1.0), ("classifier", classifier_lr_mult)):
         params = [p for p in groups.get(name, []) if p.requires_grad]
         if params:
-            param_groups.append({"params": params, "name": name, "lr_mult": mult})
+            param_groups.append({"params": params, "name": name, "lr_mult": mult, "lr": lr * mult})
     if not param_groups:
-        raise UserError("the target network has no trainable parameters: build it with make_networks")
-    optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    set_learning_rate(optimizer, 0, cfg)
-    return optimizer
+        raise UserError("the network has no trainable parameters: adapt a target built with "
+                        "make_networks, train a model whose parameter_groups() are not empty")
+    return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov)
 
 
 @torch.no_grad()

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from iapc.data import Sample
 
 
+POLY_POWER = 0.9  # the learning rate decays as (1 - step/iters)^0.9 (no warm-up)
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a source-training run; saved in the checkpoint."""
@@ -75,6 +78,11 @@ def random_scale_crop_flip(image: np.ndarray, label: np.ndarray, crop_hw: tuple[
 
     Images resize bilinearly, labels by nearest neighbour; padding is 0 for the image and
     ignore (255) for the label, so padded pixels never train.
+
+    Not :func:`iapc.adapt.augment.random_rescale_crop` (IAPC's views), on purpose: this one
+    draws from a per-sample numpy generator, resizes with OpenCV (no antialiasing), pads before
+    it picks the window, flips, and makes no un-rescaled ``x0``; the shipped weights were
+    trained with exactly these draws and pixels.
     """
     import cv2
 
@@ -137,20 +145,16 @@ class AugmentedDataset:
 
 
 def make_optimizer(model: "nn.Module", cfg: TrainConfig) -> "torch.optim.Optimizer":
+    """AdamW over every parameter, or IAPC's SGD (:func:`~iapc.adapt.iapc_step.sgd_optimizer`:
+    Nesterov, the classifier at ``classifier_lr_mult`` times the backbone's lr)."""
     import torch
 
-    groups = model.parameter_groups()
+    from iapc.adapt.iapc_step import sgd_optimizer
+
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        [{"params": groups["backbone"], "lr": cfg.lr},
-         {"params": groups["classifier"], "lr": cfg.lr * cfg.classifier_lr_mult}],
-        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-
-
-def poly_factor(step: int, total: int, power: float = 0.9) -> float:
-    """Polynomial decay ``(1 - step/total)^power`` of the learning rate."""
-    return (1.0 - step / total) ** power
+    return sgd_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=True,
+                         classifier_lr_mult=cfg.classifier_lr_mult)
 
 
 def _batches_forever(loader):
@@ -177,6 +181,7 @@ def train_source(model_name: str, samples: Sequence["Sample"], cfg: TrainConfig 
     from tqdm import tqdm
 
     from iapc.adapt.checkpoint import save_checkpoint
+    from iapc.adapt.iapc_step import poly_decay
     from iapc.adapt.models import build_model
 
     cfg = cfg or TrainConfig()
@@ -199,7 +204,7 @@ def train_source(model_name: str, samples: Sequence["Sample"], cfg: TrainConfig 
     for step in bar:
         images, labels = next(batches)
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * poly_factor(step, cfg.iters)
+            group["lr"] = base * poly_decay(step, cfg.iters, POLY_POWER)
         loss = supervised_loss(model, images.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
