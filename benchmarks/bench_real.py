@@ -441,6 +441,81 @@ def _pm(pair: tuple[float, float], signed: bool = False) -> str:
     return text if math.isnan(half) else f"{text} ± {100 * half:.1f}"
 
 
+def guard_rows(runs: dict[str, list[dict[str, dict[str, Any]]]], max_drop: float
+               ) -> list[dict[str, Any]]:
+    """One row per adapted run that has the guard's figures: the true 11-class mIoU change over
+    source-only (points), the guard's figures (the drop of flip and prototype agreement below the
+    source weights under the same statistics, and the plain differences to the source network)
+    and whether the guard, at ``max_drop``, passes it."""
+    rows = []
+    for shift, seeds in runs.items():
+        for seed, row in enumerate(seeds):
+            source = row["source-only"]["camvid11"]
+            for method, result in row.items():
+                guard = result.get("guard") or {}
+                if "source_weights" not in guard:
+                    continue
+                adapted, reference = guard["adapted"], guard["source_weights"]
+                drop = max(reference["flip"] - adapted["flip"],
+                           reference["prototype"] - adapted["prototype"])
+                rows.append({"shift": shift, "seed": seed, "method": method,
+                             "gain": 100 * (result["camvid11"] - source), "drop": drop,
+                             "flip_vs_source": adapted["flip"] - guard["source"]["flip"],
+                             "entropy_vs_source": adapted["entropy"] - guard["source"]["entropy"],
+                             "source_agreement": guard["source_agreement"],
+                             "passed": drop <= max_drop})
+    return rows
+
+
+def correlation(xs: list[float], ys: list[float], ranks: bool = False) -> float:
+    """Pearson's r of ``xs`` and ``ys`` (Spearman's with ``ranks``); NaN when either is flat."""
+    if ranks:
+        xs, ys = _ranks(xs), _ranks(ys)
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return math.nan
+    return statistics.correlation(xs, ys)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    for rank, index in enumerate(order):
+        ranks[index] = float(rank)
+    return ranks
+
+
+def guard_markdown(rows: list[dict[str, Any]], max_drop: float) -> str:
+    """The guard as a predictor of the true mIoU change: correlations and its errors."""
+    if not rows:
+        return ""
+    gains = [r["gain"] for r in rows]
+    worse = [r for r in rows if r["gain"] < 0]
+    lines = ["## The guard as a predictor", "",
+             f"{len(rows)} adapted runs with the guard's figures (label-free, on the score frames "
+             f"at {GUARD_SIZE[0]}x{GUARD_SIZE[1]}, labels unread). The guard rejects a candidate whose "
+             "flip or prototype agreement falls more than "
+             f"{max_drop} below that of the source weights under the candidate's statistics "
+             "(`drop`). Correlation with the true 11-class mIoU change over source-only "
+             "(Pearson / Spearman):", ""]
+    for name, key, sign in (("-drop (the guard's figure)", "drop", -1),
+                            ("flip agreement minus the source network's", "flip_vs_source", 1),
+                            ("-(mean entropy minus the source network's)", "entropy_vs_source", -1),
+                            ("pixel agreement with the source network", "source_agreement", 1)):
+        values = [sign * r[key] for r in rows]
+        lines.append(f"- {name}: {correlation(values, gains):+.2f} / "
+                     f"{correlation(values, gains, ranks=True):+.2f}")
+    let_through = [r for r in worse if r["passed"]]
+    rejected_better = [r for r in rows if r["gain"] >= 0 and not r["passed"]]
+    lines += ["", f"Worse than source-only: {len(worse)} runs; the guard let "
+              f"{len(let_through)} of them through; it rejected {len(rejected_better)} of the "
+              f"{len(rows) - len(worse)} runs that were not worse.", "",
+              "| shift | seed | method | mIoU change | drop | passed |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["gain"]):
+        lines.append(f"| {r['shift']} | {r['seed']} | {r['method']} | {r['gain']:+.1f} | "
+                     f"{r['drop']:+.3f} | {'yes' if r['passed'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(tables: dict[str, Any], meta: dict[str, Any], args) -> str:
     lines = [f"# ESPNetv2 s=2.0 (Cityscapes) adapted offline on CamVid: {args.steps} steps, "
              f"batch {args.batch}, {args.seeds} seeds", "",
@@ -564,7 +639,10 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(
         {"settings": settings, "meta": meta, "runs": runs, "summary": tables,
          "command": " ".join(sys.argv)}, indent=2, default=str))
-    text = markdown(tables, meta, args)
+    from iapc.runtime.config import HealthConfig
+
+    max_drop = HealthConfig().max_quality_drop
+    text = markdown(tables, meta, args) + "\n" + guard_markdown(guard_rows(runs, max_drop), max_drop)
     (out / "results.md").write_text(text)
     print(text)
     return 0
