@@ -38,7 +38,7 @@ from torch import nn
 from iapc.adapt.baselines import bn_adapt, collect_tent_params, configure_tent, tent_step
 from iapc.adapt.iapc_step import (AdaptConfig, AdaptState, adaptation_step, batch_norm_layers,
                                   copy_buffers, device_of, make_networks, make_optimizer,
-                                  mean_entropy, mix_in_source_statistics, set_source_share,
+                                  mean_entropy, set_source_share,
                                   target_statistics, update_bn_statistics)
 from iapc.adapt.augment import random_rescale_crop
 from iapc.method_config import SOURCE_SHARES, get_preset
@@ -104,8 +104,9 @@ class Adapter:
             return
         modes = {m: m.training for m in network.modules()}
         bn_adapt(network, [self.statistics_view(batch)])
-        if self.cfg.source_statistics_weight > 0:
-            mix_in_source_statistics(network, self.source, self.cfg.source_statistics_weight)
+        if self.cfg.source_statistics_weight > 0:  # the plain average is all target estimate
+            set_source_share(network, self.source, target_statistics(network, self.source, 0.0),
+                             self.cfg.source_statistics_weight)
         for module, mode in modes.items():
             module.train(mode)
 

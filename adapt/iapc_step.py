@@ -281,19 +281,6 @@ def update_bn_statistics(model: nn.Module, images_u8: torch.Tensor, cfg: "AdaptC
 
 
 @torch.no_grad()
-def mix_in_source_statistics(model: nn.Module, source: nn.Module, weight: float) -> None:
-    """Each BatchNorm layer's running mean and variance := ``weight * source's + (1 - weight)
-    * its own`` (statistics just re-estimated on target frames keep the source's share)."""
-    source_norms = batch_norm_layers(source)
-    norms = batch_norm_layers(model)
-    if len(source_norms) != len(norms):
-        raise UserError("the source network's BatchNorm layers differ from the adapted one's")
-    for bn, src in zip(norms, source_norms):
-        bn.running_mean.lerp_(src.running_mean, weight)
-        bn.running_var.lerp_(src.running_var, weight)
-
-
-@torch.no_grad()
 def target_statistics(model: nn.Module, source: nn.Module, weight: float) -> list[torch.Tensor]:
     """The target estimate ``t`` behind statistics that hold ``weight * s + (1 - weight) * t``:
     [mean, var] per BatchNorm layer of ``model``, in order. ``weight`` must be below 1."""
