@@ -238,7 +238,7 @@ GUARD_SIZE = (480, 360)  # CamVid's own size: the guard looks at frames as a cam
 
 
 def guard_frames(samples):
-    """uint8 (N, H, W, 3) BGR score frames at :data:`GUARD_SIZE`, their labels left unread."""
+    """uint8 (N, H, W, 3) BGR score frames at :data:`GUARD_SIZE`; their labels are dropped."""
     import numpy as np
 
     return np.stack([image for image, _ in load_pairs(samples, GUARD_SIZE)])
