@@ -36,12 +36,21 @@ resembles city went to city's state every round.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from iapc.engines.store import CorruptVersion, Version, verified_manifest
+from iapc.runtime.config import DaemonConfig
+
+log = logging.getLogger("iapc.daemon")
+_DEFAULTS = DaemonConfig()  # the tracker's settings are the daemon's (adaptation: in the config)
 
 DESCRIPTOR_SIZE = 12
 SPREAD_FLOOR = 0.01  # added to every spread: flat dimensions (a black sky) do not explode
@@ -116,8 +125,10 @@ class Shift:
 class DomainTracker:
     """Which domain the recent frames belong to; reports a :class:`Shift` when it changes."""
 
-    def __init__(self, z_threshold: float = 1.6, window: int = 12, min_frames: int = 64,
-                 match_factor: float = 1.5, return_window: int = 4,
+    def __init__(self, z_threshold: float = _DEFAULTS.shift_z, window: int = _DEFAULTS.shift_window,
+                 min_frames: int = _DEFAULTS.domain_min_frames,
+                 match_factor: float = _DEFAULTS.shift_match_factor,
+                 return_window: int = _DEFAULTS.shift_return_window,
                  domains: dict[int, DomainStats] | None = None, current: int = 0):
         self.z_threshold, self.window, self.min_frames = z_threshold, window, min_frames
         self.match_factor = match_factor
@@ -191,9 +202,14 @@ class DomainTracker:
         return shift
 
 
+SOURCE_ENGINE = "source"  # the bank's key of the source network's engine
+
+
 class DomainBank:
     """Adapted states per domain in ``STORE/domains/``: ``<id>.pt`` checkpoints (any method's,
-    the daemon's checkpoint format) and ``domains.json`` (descriptor statistics, current id)."""
+    the daemon's checkpoint format), ``domains.json`` (descriptor statistics, current id) and
+    ``engines/<id>/`` (a copy of the version folder last served in that domain, and
+    ``engines/source/`` the source network's: what a change of domain serves at once)."""
 
     def __init__(self, store_root: Path, size: int):
         self.folder = Path(store_root) / "domains"
@@ -224,9 +240,39 @@ class DomainBank:
             [int(i) for i in data["order"]]
 
     def evict(self, tracker: DomainTracker, order: list[int]) -> list[int]:
-        """Drop the least recently seen domains beyond ``size`` (statistics and state)."""
+        """Drop the least recently seen domains beyond ``size`` (statistics, state and engine)."""
         while len(order) > self.size:
             dropped = order.pop(0)
             tracker.domains.pop(dropped, None)
             self.state_path(dropped).unlink(missing_ok=True)
+            shutil.rmtree(self.engine_folder(dropped), ignore_errors=True)
         return order
+
+    def engine_folder(self, key: int | str) -> Path:
+        return self.folder / "engines" / str(key)
+
+    def keep_engine(self, key: int | str, version: Version) -> None:
+        """Copy ``version``'s folder as ``key``'s engine (a domain id, or :data:`SOURCE_ENGINE`),
+        replacing the one kept before; a crash leaves the old copy or the new one."""
+        target = self.engine_folder(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}")
+        shutil.copytree(version.path, staging)
+        if target.exists():
+            trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
+            target.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        staging.rename(target)
+
+    def banked_engine(self, key: int | str) -> Path | None:
+        """The folder of ``key``'s kept engine when its files match their manifest, else None
+        (never kept, or damaged: logged)."""
+        folder = self.engine_folder(key)
+        if not folder.is_dir():
+            return None
+        try:
+            verified_manifest(folder)
+        except CorruptVersion as err:
+            log.warning("banked engine of %s cannot be served again: %s", key, err)
+            return None
+        return folder

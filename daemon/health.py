@@ -222,9 +222,17 @@ def weights_quality(candidate: nn.Module, source: nn.Module,
     the candidate's BatchNorm statistics (``"source_weights"``): the two differ only by what
     self-training did to the weights (the statistics have their own label-free choice,
     :meth:`~iapc.adapt.adapters.Adapter.choose_source_share`)."""
+    quality = label_free_quality(candidate, frames_bgr)
+    if same_parameters(candidate, source):  # statistics-only updates: the same network twice
+        return {"candidate": quality, "source_weights": quality}
     with borrowed_statistics(source, candidate):
         reference = label_free_quality(source, frames_bgr)
-    return {"candidate": label_free_quality(candidate, frames_bgr), "source_weights": reference}
+    return {"candidate": quality, "source_weights": reference}
+
+
+def same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks of one architecture hold equal parameters (buffers aside)."""
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
 def _quality_reasons(candidate: LabelFreeQuality, reference: LabelFreeQuality,

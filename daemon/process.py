@@ -54,7 +54,7 @@ from iapc.daemon.progress import Heartbeat, Progress
 from iapc.daemon.state import StateKeeper
 from iapc.daemon.stepping import Stepper
 from iapc.errors import UserError, run_cli
-from iapc.engines.store import EngineStore
+from iapc.engines.store import EngineStore, version_name
 from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
 from iapc.contracts.handoff import EventSender, FrameReceiver
@@ -128,8 +128,8 @@ class AdaptationDaemon:
                                  self.progress, events, self.run_dir,
                                  losses=lambda: self.stepper.losses, beat=self.beat)
         self.domains = DomainSwitcher(cfg, self.adapter, self.frames, self.state, self.progress,
-                                      events, self.store.root, self.stepper.statistics_phase_frames,
-                                      self.deployer.export_version)
+                                      events, self.store, self.stepper.statistics_phase_frames,
+                                      self.export_version)
         self.stopping = False
 
     # what the jobs show (the tests drive the daemon through these) ------------------------------
@@ -180,8 +180,13 @@ class AdaptationDaemon:
     def export_due(self) -> bool:
         return self.deployer.export_due()
 
-    def export_version(self) -> int | None:
-        return self.deployer.export_version()
+    def export_version(self, source: bool = False) -> int | None:
+        """Deploy the adapted network (``source``: it is the source network); the new version
+        is banked as the current domain's engine."""
+        number = self.deployer.export_version()
+        if number is not None:
+            self.domains.published(self.store.load_verified(version_name(number)), source)
+        return number
 
     # the process -------------------------------------------------------------------------------
     def remove_leftovers(self) -> None:
@@ -196,7 +201,7 @@ class AdaptationDaemon:
         self.remove_leftovers()
         resumed = self.state.resume()
         if self.store.current() is None:
-            self.export_version()  # the first engine: the source weights
+            self.export_version(source=True)  # the first engine: the source weights
         elif not resumed:
             self.progress.updates_since_deploy = 0
         if not resumed:

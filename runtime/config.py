@@ -82,7 +82,7 @@ class DaemonConfig:
     # starts from the source model with its own normalisation statistics.
     domain_bank: bool = setting(True, "keep adapted states per recognised domain")
     domain_bank_size: int = setting(4, "domains kept in the bank", minimum=1, cli=False)
-    shift_z: float = setting(1.6, "descriptor z-score above which a frame is far from its "
+    shift_z: float = setting(1.3, "descriptor z-score above which a frame is far from its "
                              "domain", above=0, cli=False)
     shift_window: int = setting(12, "recent frames of which 3/4 far make a domain shift",
                                 minimum=1, cli=False)
@@ -92,7 +92,7 @@ class DaemonConfig:
     shift_return_window: int = setting(4, "a return to a banked domain is taken after this many "
                                        "far frames when they are clearly that domain's (0: after "
                                        "the full window)", minimum=0, cli=False)
-    domain_min_frames: int = setting(64, "frames a domain needs before it can be left or "
+    domain_min_frames: int = setting(24, "frames a domain needs before it can be left or "
                                      "recognised", minimum=1, cli=False)
     # After a change to a new domain (and at a fresh start) the state's BatchNorm statistics are first
     # brought to the new frames by no-gradient updates, one per received frame, far cheaper than

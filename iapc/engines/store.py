@@ -78,6 +78,34 @@ def version_name(number: int) -> str:
     return f"v{number:06d}"
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the version folder ``path``, files not checked; :class:`CorruptVersion`
+    when it is missing, unreadable or not a store manifest."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise CorruptVersion(f"{path.name}: no {MANIFEST_FILE} (incomplete version)") from None
+    except (OSError, ValueError) as err:
+        raise CorruptVersion(f"{path.name}: unreadable {MANIFEST_FILE} ({err})") from None
+    if manifest.get("format") != FORMAT or ONNX_FILE not in manifest.get("files", {}):
+        raise CorruptVersion(f"{path.name}: {MANIFEST_FILE} is not a {FORMAT} manifest with {ONNX_FILE}")
+    return manifest
+
+
+def verified_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the version folder ``path`` with every file checked against its sha256;
+    :class:`CorruptVersion` if one is missing or differs."""
+    manifest = read_manifest(path)
+    for file_name, expected in manifest["files"].items():
+        try:
+            actual = sha256_of(path / file_name)
+        except FileNotFoundError:
+            raise CorruptVersion(f"{path.name}: {file_name} is missing") from None
+        if actual != expected["sha256"]:
+            raise CorruptVersion(f"{path.name}: {file_name} sha256 mismatch (file damaged or modified)")
+    return manifest
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -222,21 +250,10 @@ class EngineStore:
         found = []
         for folder in sorted(self._folders(), key=lambda v: v.number):
             try:
-                found.append(Version(folder.name, folder.path, self._read_manifest(folder.path)))
+                found.append(Version(folder.name, folder.path, read_manifest(folder.path)))
             except CorruptVersion:
                 continue
         return found
-
-    def _read_manifest(self, path: Path) -> dict[str, Any]:
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text())
-        except FileNotFoundError:
-            raise CorruptVersion(f"{path.name}: no {MANIFEST_FILE} (incomplete version)") from None
-        except (OSError, ValueError) as err:
-            raise CorruptVersion(f"{path.name}: unreadable {MANIFEST_FILE} ({err})") from None
-        if manifest.get("format") != FORMAT or ONNX_FILE not in manifest.get("files", {}):
-            raise CorruptVersion(f"{path.name}: {MANIFEST_FILE} is not a {FORMAT} manifest with {ONNX_FILE}")
-        return manifest
 
     def load_verified(self, version: str | Version) -> Version:
         """The version with every file checked against its manifest; :class:`CorruptVersion` if not."""
@@ -246,15 +263,20 @@ class EngineStore:
         path = self.versions_dir / name
         if not path.is_dir():
             raise CorruptVersion(f"{name}: not in the store (pruned or never published)")
-        manifest = self._read_manifest(path)
-        for file_name, expected in manifest["files"].items():
-            try:
-                actual = sha256_of(path / file_name)
-            except FileNotFoundError:
-                raise CorruptVersion(f"{name}: {file_name} is missing") from None
-            if actual != expected["sha256"]:
-                raise CorruptVersion(f"{name}: {file_name} sha256 mismatch (file damaged or modified)")
-        return Version(name, path, manifest)
+        return Version(name, path, verified_manifest(path))
+
+    def publish_copy(self, folder: str | os.PathLike, manifest_extra: dict[str, Any] | None = None
+                     ) -> Version:
+        """Publish again the files of a version folder copied elsewhere (``folder``: model.onnx,
+        [model.engine], manifest.json, checked against its manifest first) as a new version; its
+        manifest keeps the copied one's entries, ``republished_from`` (the version copied) and
+        ``manifest_extra``. No build and no gate: the engine passed them when first published."""
+        folder = Path(folder)
+        manifest = verified_manifest(folder)
+        extra = {k: v for k, v in manifest.items() if k not in _RESERVED_KEYS}
+        extra.update(manifest_extra or {}, republished_from=manifest["version"])
+        engine = folder / ENGINE_FILE if ENGINE_FILE in manifest["files"] else None
+        return self.publish(folder / ONNX_FILE, engine, extra)
 
     def _read_pointer(self) -> str | None:
         try:

@@ -91,7 +91,7 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
     from iapc.engines.store import EngineStore
 
     with daemon_on_tiny(tmp_path) as (daemon, events):
-        assert daemon.export_version() == 1
+        assert daemon.export_version(source=True) == 1
         for image in frames("night", 40):
             daemon.keep(image)
         for _ in range(3):
@@ -114,11 +114,19 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
         # ...of the same target statistics
         for got, banked in zip(banked_target_statistics(daemon.adapter), night_statistics):
             torch.testing.assert_close(got, banked)
-        sent = [e for e in events.all() if e["type"] == "domain_shift"]
+        received = events.all()
+        sent = [e for e in received if e["type"] == "domain_shift"]
         assert [(e["from"], e["domain"], e["known"]) for e in sent] == [(0, 1, False), (1, 0, True)]
         store = EngineStore(daemon.cfg.resolved_store())
-        assert store.current().number == 3  # each shift deployed its domain's engine at once
         assert (store.root / "domains" / "0.pt").is_file() and (store.root / "domains" / "1.pt").is_file()
+        # each shift served at once, without an export: fog the source engine (v2, then its
+        # recalibrated network exported as v3), the return night's last engine (v1) as v4
+        manifests = {v.number: v.manifest for v in store.versions()}
+        assert sorted(manifests) == [1, 2, 3, 4] and store.current().number == 4
+        assert [manifests[n].get("republished_from") for n in (2, 3, 4)] == ["v000001", None, "v000001"]
+        assert manifests[4]["domain"] == 0 and manifests[2]["domain"] == 1
+        served = [(e["version"], e.get("republished_from")) for e in received if e["type"] == "version"]
+        assert served == [(1, None), (2, 1), (3, None), (4, 1)]
 
 
 def _keep_until_shift(daemon, images) -> int:
@@ -197,8 +205,8 @@ def test_a_window_goes_to_a_banked_domain_only_under_the_match_factor():
     banked = _domain_of(zero, 0.02, 200, rng)
     here = _domain_of(zero + 0.5, 0.02, 200, rng)
     for offset, factor, known in [(0.0, 1.5, True), (0.08, 1.5, False), (0.08, 2.0, True)]:
-        tracker = DomainTracker(window=6, min_frames=24, match_factor=factor, return_window=0,
-                                domains={0: banked, 1: here}, current=1)
+        tracker = DomainTracker(z_threshold=1.6, window=6, min_frames=24, match_factor=factor,
+                                return_window=0, domains={0: banked, 1: here}, current=1)
         # a window about offset / (spread + floor) = 2.7 z from the banked domain
         window = zero + offset + 0.005 * rng.standard_normal((6, 12)).astype(np.float32)
         found = [s for s in map(tracker.observe_descriptor, window) if s is not None]
@@ -222,7 +230,8 @@ def test_a_clear_return_is_taken_before_the_window_fills():
     zero = np.full(12, 0.5, np.float32)
     window = zero + 0.002 * rng.standard_normal((12, 12)).astype(np.float32)
     for return_window, expected in [(4, 3), (0, 8)]:
-        tracker = DomainTracker(window=12, min_frames=24, return_window=return_window,
+        tracker = DomainTracker(z_threshold=1.6, window=12, min_frames=24,
+                                return_window=return_window,
                                 domains={0: _domain_of(zero, 0.02, 200, rng),
                                          1: _domain_of(zero + 0.5, 0.02, 200, rng)}, current=1)
         index, shift = _observe_until_shift(tracker, window)
@@ -234,10 +243,31 @@ def test_frames_between_two_domains_wait_for_the_full_window():
     current one are no clear return: the shift waits for 9 far frames of 12."""
     rng = np.random.default_rng(2)
     zero = np.full(12, 0.5, np.float32)
-    tracker = DomainTracker(window=12, min_frames=24, return_window=4,
+    tracker = DomainTracker(z_threshold=1.6, window=12, min_frames=24, return_window=4,
                             domains={0: _domain_of(zero, 0.02, 200, rng),
                                      1: _domain_of(zero + 0.1, 0.02, 200, rng)}, current=1)
     # about 1.3 z from the banked domain and 2 z from the current one
     window = zero + 0.04 + 0.002 * rng.standard_normal((12, 12)).astype(np.float32)
     index, shift = _observe_until_shift(tracker, window)
     assert index == 8 and shift.known and shift.to == 0
+
+
+def test_a_banked_engine_is_published_again_unless_its_files_are_damaged(tmp_path):
+    from iapc.engines.store import ONNX_FILE, EngineStore
+
+    store = EngineStore(tmp_path / "store", keep=2)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"engine of domain 0")
+    first = store.publish(model, manifest_extra={"backend": "onnxruntime", "step": 7})
+    bank = DomainBank(store.root, size=4)
+    bank.keep_engine(0, first)
+    for extra in (b"later", b"versions"):  # the store prunes v1; the bank keeps its copy
+        model.write_bytes(extra)
+        store.publish(model)
+    again = store.publish_copy(bank.banked_engine(0), {"domain": 0})
+    assert again.number == 4 and store.current() == again
+    assert again.onnx_path.read_bytes() == b"engine of domain 0"
+    assert again.manifest["republished_from"] == "v000001" and again.manifest["step"] == 7
+    assert again.manifest["domain"] == 0 and again.manifest["backend"] == "onnxruntime"
+    (bank.engine_folder(0) / ONNX_FILE).write_bytes(b"damaged")
+    assert bank.banked_engine(0) is None and bank.banked_engine(1) is None
