@@ -9,8 +9,13 @@ change was never noticed, and which banked domain each visit went to. A visit's 
 be the same id in every round, and different domains different ids. Takes seconds: descriptors
 are computed once per frame.
 
+With ``--camvid`` the visits are real CamVid sequences instead, whole and in frame order (e.g.
+day 0016E5 -> dusk 0001TP -> day Seq05VD, what ``iapc replay --camvid`` plays); two day
+sequences may share a domain.
+
     .venv/bin/python benchmarks/domain_tracking.py
     .venv/bin/python benchmarks/domain_tracking.py --rounds 10 --setting 1.6,12,64,1.5,4 --setting 1.6,12,64,1.5,0
+    .venv/bin/python benchmarks/domain_tracking.py --camvid ../shared/real/CamVid:0016E5,0001TP,Seq05VD --rounds 3
 """
 
 from __future__ import annotations
@@ -37,7 +42,21 @@ def parse_args() -> argparse.Namespace:
                         "shift_return_window")
     p.add_argument("--data", type=Path, default=None,
                    help="where the domains are (default: bench_continual's cache)")
+    p.add_argument("--camvid", metavar="ROOT:SEQ,...", default=None,
+                   help="real CamVid sequences as the visits instead (every split of each, in order)")
     return p.parse_args()
+
+
+def camvid_descriptors(spec: str) -> dict[str, np.ndarray]:
+    """(frames, 12) descriptors of each CamVid sequence of ``spec``, frames in order."""
+    from iapc.daemon.domains import describe
+    from iapc.data import camvid_sequence, find_camvid_spec, read_image_bgr
+
+    out: dict[str, list] = {}
+    for sample in find_camvid_spec(spec):
+        out.setdefault(camvid_sequence(sample.image.stem), []).append(
+            describe(read_image_bgr(sample.image)))
+    return {name: np.stack(found) for name, found in out.items()}
 
 
 def cycle_descriptors(data: Path) -> dict[str, np.ndarray]:
@@ -60,7 +79,7 @@ def track(visits: list[tuple[str, np.ndarray]], every: int, setting: tuple) -> d
     z, window, min_frames, match, return_window = setting
     tracker = DomainTracker(z_threshold=z, window=int(window), min_frames=int(min_frames),
                             match_factor=match, return_window=int(return_window))
-    lags, return_lags, false, ids = [], [], 0, {d: [] for d in DOMAINS}
+    lags, return_lags, false, ids = [], [], 0, {d: [] for d, _ in visits}
     for number, (domain, descriptors) in enumerate(visits):
         noticed = False
         for index in range(0, len(descriptors), every):
@@ -90,11 +109,15 @@ def main() -> int:
     own = (defaults.shift_z, defaults.shift_window, defaults.domain_min_frames,
            defaults.shift_match_factor, defaults.shift_return_window)
     settings = [tuple(float(v) for v in s.split(",")) for s in args.setting] or [own]
-    data = args.data or cached_data_folder(args.sequences, LABEL_EVERY)
-    write_domains(data, args.sequences, EMBEDDED_SIZE, LABEL_EVERY)
-    descriptors = cycle_descriptors(data)
-    visits = [(d, descriptors[d]) for _ in range(args.rounds) for d in DOMAINS]
-    print(f"# {args.rounds} rounds x {len(DOMAINS)} domains x {len(descriptors['city'])} frames, "
+    if args.camvid:
+        descriptors = camvid_descriptors(args.camvid)
+    else:
+        data = args.data or cached_data_folder(args.sequences, LABEL_EVERY)
+        write_domains(data, args.sequences, EMBEDDED_SIZE, LABEL_EVERY)
+        descriptors = cycle_descriptors(data)
+    visits = [(d, descriptors[d]) for _ in range(args.rounds) for d in descriptors]
+    sizes = "/".join(str(len(v)) for v in descriptors.values())
+    print(f"# {args.rounds} rounds x {len(descriptors)} domains x {sizes} frames, "
           f"the daemon sees every {every}. frame; ids: the domain each visit went to per round, "
           "'-' = change not noticed")
     print(f"{'z,window,min,match,return':>26} {'lag':>5} {'return':>6} {'false':>5}  ids per round")

@@ -34,9 +34,15 @@ log = logging.getLogger("iapc.daemon")
 EXPORT_PREFIX = "export-"  # temporary export folders in RUN/; a killed daemon's are removed
 
 
+class ExportCancelled(Exception):
+    """Raised by the ``beat`` callback to abandon an export: the frames have changed domain, and
+    what the candidate was adapted for is no longer what the camera sees."""
+
+
 class Deployer:
     """Deploys ``adapter``'s network into ``store``; ``losses`` gives the last step's figures for
-    the manifest, ``beat`` is called between the slow stages (the heartbeat)."""
+    the manifest, ``beat`` is called between the slow stages (the heartbeat, and a look at the
+    frames that came in meanwhile: it raises :class:`ExportCancelled` on a domain shift)."""
 
     def __init__(self, cfg: RuntimeConfig, store: EngineStore, adapter, frames: FrameBuffer,
                  state: StateKeeper, progress: Progress, events, work_dir: Path,
@@ -87,12 +93,16 @@ class Deployer:
                                 min_agreement=self.min_agreement, target=self.target,
                                 parity_source="stream")
         try:
+            self.beat()
             # eval mode: export the running BN statistics, not batch statistics
             with deployed(self.adapter.deployable()) as network, \
                     tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX, dir=self.work_dir) as tmp:
                 result = deploy(self.candidate(network), self.store,
                                 self.frames.parity_frames(self.cfg.input_size), options, Path(tmp),
                                 health_gate=self.health_gate, beat=self.beat)
+        except ExportCancelled as why:  # the state is kept: banked with the domain it left
+            log.info("export at step %d abandoned: %s", self.adapter.step_count, why)
+            return None
         except OSError as err:  # disk full, read-only store: keep the engine in service
             reason = f"{errno.errorcode.get(err.errno, 'OSError')}: {err.strerror or err}"
             log.error("export at step %d failed, keeping the engine in service: %s",
@@ -137,4 +147,5 @@ class Deployer:
         with deployed(self.adapter.memory_network()) as memory:
             report = check_health(network, self.state.serving, self.adapter.source, memory,
                                   frames, self.cfg.health)
+        self.beat()
         return score_engine(report, engine, network, frames, self.cfg.health, self.min_agreement)

@@ -37,6 +37,7 @@ class DomainSwitcher:
         self.statistics_phase_frames, self.deploy = statistics_phase_frames, deploy
         a = cfg.adaptation
         self.bank, self.tracker, self.order = None, None, []
+        self.pending: Shift | None = None  # a shift seen during an export, switched after it
         if a.domain_bank and a.enabled and adapter.updates_weights:
             self.bank = DomainBank(store.root, a.domain_bank_size)
             self.tracker, self.order = self.bank.load_tracker(
@@ -59,9 +60,20 @@ class DomainSwitcher:
         except OSError as err:  # disk full: the bank only loses the instant switch
             log.error("cannot bank engine %s: %s", version.name, err)
 
-    def observe(self, image: np.ndarray) -> None:
-        """A received frame, which may reveal that the stream changed domain."""
+    def observe(self, image: np.ndarray, defer: bool = False) -> None:
+        """A received frame, which may reveal that the stream changed domain: switch now, or
+        (``defer``, while the state is in use) at :meth:`switch_pending`."""
         shift = self.tracker.observe(image) if self.tracker is not None else None
+        if shift is None:
+            return
+        if defer:
+            self.pending = shift
+        else:
+            self.switch(shift)
+
+    def switch_pending(self) -> None:
+        """Make the switch a deferred observation found, if any."""
+        shift, self.pending = self.pending, None
         if shift is not None:
             self.switch(shift)
 

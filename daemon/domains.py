@@ -75,11 +75,18 @@ def describe(image_bgr: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DomainStats:
-    """Running mean and spread of one domain's descriptors (Welford, then slow EMA)."""
+    """Running mean and spread of one domain's descriptors (Welford, then slow EMA).
+
+    A domain split off another starts with that one's variance as a prior worth
+    ``prior_frames`` frames (``prior_var``), which its own frames outweigh as they come: a
+    spread estimated from a young domain's first frames alone is too narrow (a real sequence's
+    scenes change faster than its light), and its later frames would then look far from it."""
 
     count: int = 0
     mean: np.ndarray = field(default_factory=lambda: np.zeros(DESCRIPTOR_SIZE, np.float32))
     m2: np.ndarray = field(default_factory=lambda: np.zeros(DESCRIPTOR_SIZE, np.float32))
+    prior_var: np.ndarray = field(default_factory=lambda: np.zeros(DESCRIPTOR_SIZE, np.float32))
+    prior_frames: int = 0
 
     FOLLOW = 0.01  # after 200 frames the statistics follow slow drift with this EMA factor
 
@@ -96,20 +103,28 @@ class DomainStats:
             self.m2 = variance * 200
 
     @property
+    def variance(self) -> np.ndarray:
+        own = max(0, min(self.count, 200) - 1)  # degrees of freedom of the frames' own estimate
+        return (self.m2 + self.prior_frames * self.prior_var) / max(1, own + self.prior_frames)
+
+    @property
     def spread(self) -> np.ndarray:
-        return np.sqrt(self.m2 / max(1, min(self.count, 200) - 1))
+        return np.sqrt(self.variance)
 
     def score(self, descriptor: np.ndarray) -> float:
         """Mean z-score of ``descriptor`` (or of a window's mean descriptor) against this domain."""
         return float(np.mean(np.abs(descriptor - self.mean) / (self.spread + SPREAD_FLOOR)))
 
     def to_json(self) -> dict:
-        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+                "prior_var": self.prior_var.tolist(), "prior_frames": self.prior_frames}
 
     @classmethod
     def from_json(cls, data: dict) -> "DomainStats":
+        prior = data.get("prior_var", [0.0] * DESCRIPTOR_SIZE)  # banks written before priors
         return cls(int(data["count"]), np.asarray(data["mean"], np.float32),
-                   np.asarray(data["m2"], np.float32))
+                   np.asarray(data["m2"], np.float32), np.asarray(prior, np.float32),
+                   int(data.get("prior_frames", 0)))
 
 
 @dataclass
@@ -191,8 +206,9 @@ class DomainTracker:
         best, score = self._nearest_banked(centre)
         known = best is not None and score <= self.match_factor * self.z_threshold
         target = best if known else max(self.domains) + 1
-        if not known:
-            self.domains[target] = DomainStats()
+        if not known:  # its spread starts from the one it left's, worth min_frames frames
+            self.domains[target] = DomainStats(prior_var=self.domains[left].variance,
+                                               prior_frames=self.min_frames)
         for descriptor in window:
             self.domains[target].add(descriptor)
         shift = Shift(to=target, came_from=left, known=known,

@@ -48,7 +48,7 @@ from iapc.adapt.checkpoint import load_model
 from iapc.adapt.iapc_step import AdaptConfig
 from iapc.adapt.adapters import make_adapter
 from iapc.daemon.buffer import FrameBuffer
-from iapc.daemon.deployer import EXPORT_PREFIX, Deployer
+from iapc.daemon.deployer import EXPORT_PREFIX, Deployer, ExportCancelled
 from iapc.daemon.domain_switch import DomainSwitcher
 from iapc.daemon.progress import Heartbeat, Progress
 from iapc.daemon.state import StateKeeper
@@ -126,10 +126,11 @@ class AdaptationDaemon:
                                self.state.rollback, device)
         self.deployer = Deployer(cfg, self.store, self.adapter, self.frames, self.state,
                                  self.progress, events, self.run_dir,
-                                 losses=lambda: self.stepper.losses, beat=self.beat)
+                                 losses=lambda: self.stepper.losses, beat=self.between_stages)
         self.domains = DomainSwitcher(cfg, self.adapter, self.frames, self.state, self.progress,
                                       events, self.store, self.stepper.statistics_phase_frames,
                                       self.export_version)
+        self.receiver: FrameReceiver | None = None  # set by run()
         self.stopping = False
 
     # what the jobs show (the tests drive the daemon through these) ------------------------------
@@ -161,12 +162,25 @@ class AdaptationDaemon:
     def statistics_updates(self) -> int:
         return self.progress.statistics_updates
 
-    def keep(self, image: np.ndarray) -> None:
+    def keep(self, image: np.ndarray, defer_shift: bool = False) -> None:
         """A received frame goes to the training buffer, or every k-th to the held-out one;
-        with the domain bank it may also reveal that the stream changed domain."""
+        with the domain bank it may also reveal that the stream changed domain (``defer_shift``:
+        switched after the export under way)."""
         self.frames.keep(image)
         self.progress.statistics_frames_left = max(0, self.progress.statistics_frames_left - 1)
-        self.domains.observe(image)
+        self.domains.observe(image, defer=defer_shift)
+
+    def between_stages(self) -> None:
+        """Called between an export's slow stages: the heartbeat, and the frames that came in
+        meanwhile; a domain shift among them abandons the export (:class:`ExportCancelled`), so
+        the new domain is served without waiting for an engine of the one left."""
+        self.beat()
+        if self.receiver is None or self.domains.tracker is None or self.domains.pending:
+            return
+        for _meta, image in self.receiver.receive_all(0):
+            self.keep(image, defer_shift=True)
+            if self.domains.pending is not None:
+                raise ExportCancelled(f"domain shift to {self.domains.pending.to}")
 
     def can_adapt(self) -> bool:
         return self.stepper.can_adapt()
@@ -210,8 +224,10 @@ class AdaptationDaemon:
     def run(self, frames: FrameReceiver) -> int:
         """Adapt on the frames ``frames`` receives until :attr:`stopping`."""
         self.start()
+        self.receiver = frames
         while not self.stopping:
             self.beat()
+            self.domains.switch_pending()
             for _meta, image in frames.receive_all(0 if self.can_adapt() else 100):
                 self.keep(image)
             if not self.can_adapt():

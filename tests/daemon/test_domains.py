@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 
 import numpy as np
@@ -271,3 +272,64 @@ def test_a_banked_engine_is_published_again_unless_its_files_are_damaged(tmp_pat
     assert again.manifest["domain"] == 0 and again.manifest["backend"] == "onnxruntime"
     (bank.engine_folder(0) / ONNX_FILE).write_bytes(b"damaged")
     assert bank.banked_engine(0) is None and bank.banked_engine(1) is None
+
+
+def test_a_young_domain_is_not_left_for_drifting_within_the_spread_of_the_one_it_left():
+    """A new domain's first frames are alike (one scene); its later frames move on by far more
+    than their own spread but well within the spread of the domain it split from (a real
+    sequence's scenes change faster than its light). With the prior the new domain holds them;
+    with its own frames' spread alone it would split again."""
+    rng = np.random.default_rng(3)
+    dark = np.full(12, 0.2, np.float32)
+    first = dark + 0.002 * rng.standard_normal((30, 12)).astype(np.float32)
+    later = dark + 0.03 + 0.002 * rng.standard_normal((30, 12)).astype(np.float32)
+    wide = _domain_of(np.full(12, 0.5, np.float32), 0.1, 200, rng)
+    for keep_prior, expected in [(True, [(0, 1)]), (False, [(0, 1), (1, 2)])]:
+        tracker = DomainTracker(z_threshold=1.3, window=12, min_frames=24,
+                                domains={0: copy.deepcopy(wide)})
+        found = []
+        for descriptor in np.concatenate([first, later]):
+            shift = tracker.observe_descriptor(descriptor)
+            if shift is not None:
+                found.append((shift.came_from, shift.to))
+                if not keep_prior:
+                    tracker.domains[shift.to].prior_frames = 0
+        assert found == expected, keep_prior
+
+
+def test_a_shift_that_comes_in_during_an_export_abandons_it_and_is_switched_after(tmp_path):
+    """Frames keep coming while the daemon exports (tens of seconds for a real network on a
+    CPU): they are looked at between the export's stages, and a domain shift among them
+    abandons the export of the domain left, whose state is banked; the new domain is served
+    right after."""
+    import time
+
+    from iapc.contracts.handoff import FrameHandoff, FrameReceiver
+    from iapc.contracts.run_folder import FRAMES_SOCKET, ipc_address
+    from iapc.engines.store import EngineStore
+
+    with daemon_on_tiny(tmp_path) as (daemon, events):
+        address = ipc_address(tmp_path / "run", FRAMES_SOCKET)
+        handoff, receiver = FrameHandoff(address), FrameReceiver(address)
+        try:
+            assert daemon.export_version(source=True) == 1
+            for image in frames("night", 40):
+                daemon.keep(image)
+            daemon.step()
+            daemon.receiver = receiver
+            for index, image in enumerate(frames("fog", 12, seed=1)):
+                handoff.offer(index, 0, image)
+            time.sleep(0.5)  # in the sockets' queues, as frames that arrive during an export
+            assert daemon.export_version() is None  # abandoned: nothing new is served
+            store = EngineStore(daemon.cfg.resolved_store())
+            assert store.current().number == 1
+            assert daemon.domains.pending is not None and daemon.tracker.current == 1
+            daemon.domains.switch_pending()
+            assert daemon.domains.pending is None and daemon.step_count == 0
+            assert (store.root / "domains" / "0.pt").is_file()  # night's state, banked
+            # the source engine at once (v2), then fog's recalibrated network (v3)
+            assert [v.manifest.get("republished_from") for v in store.versions()] == \
+                [None, "v000001", None]
+        finally:
+            handoff.close()
+            receiver.close()
