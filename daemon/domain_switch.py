@@ -3,10 +3,11 @@ on a change the adapted state of the domain left is banked, the one entered is r
 the bank (a domain seen before) or starts from the source model with its own BatchNorm
 statistics and a statistics phase (a new one).
 
-What is served changes at once, without an export (which takes about a minute on two CPU cores
-for ESPNetv2, longer than a whole dusk sequence of CamVid): a domain seen before gets its banked
-engine again, a new one the source network's engine, the safe choice for frames nothing was
-adapted on; a new domain's recalibrated network is then exported as usual."""
+What is served changes at once, without an export (which takes 7 to 40 s on two shared CPU
+cores for ESPNetv2, longer than half of CamVid's dusk sequence): a domain seen before gets its
+banked engine again, a new one the source network's engine, the safe choice for frames nothing
+was adapted on. The state entered is then exported as usual (a shift seen meanwhile abandons
+that export, :class:`~iapc.daemon.deployer.ExportCancelled`)."""
 
 from __future__ import annotations
 
@@ -106,9 +107,10 @@ class DomainSwitcher:
         self.events.send(EventType.DOMAIN_SHIFT, domain=shift.to, known=restored,
                          score=round(shift.score, 3), step=self.adapter.step_count,
                          **{"from": shift.came_from})
-        served = self.serve_banked(shift.to if restored else SOURCE_ENGINE)
-        if not (restored and served):  # a new domain's recalibrated network, or no banked engine
-            self.deploy()
+        self.serve_banked(shift.to if restored else SOURCE_ENGINE)
+        # then the state entered: a new domain's recalibrated network, or a banked state, whose
+        # statistics followed the domain for longer than the engine it was last served with
+        self.deploy()
 
     def serve_banked(self, key: int | str) -> bool:
         """Publish the banked engine of ``key`` (a domain, or :data:`SOURCE_ENGINE`) again as the

@@ -120,14 +120,17 @@ def test_the_daemon_banks_each_domain_and_restores_it_on_return(tmp_path):
         assert [(e["from"], e["domain"], e["known"]) for e in sent] == [(0, 1, False), (1, 0, True)]
         store = EngineStore(daemon.cfg.resolved_store())
         assert (store.root / "domains" / "0.pt").is_file() and (store.root / "domains" / "1.pt").is_file()
-        # each shift served at once, without an export: fog the source engine (v2, then its
-        # recalibrated network exported as v3), the return night's last engine (v1) as v4
+        # each shift served at once, without an export, then exported the state entered: fog
+        # the source engine (v2), then its recalibrated network (v3); the return night's last
+        # engine (v1) as v4, then night's banked state (v5)
         manifests = {v.number: v.manifest for v in store.versions()}
-        assert sorted(manifests) == [1, 2, 3, 4] and store.current().number == 4
-        assert [manifests[n].get("republished_from") for n in (2, 3, 4)] == ["v000001", None, "v000001"]
+        assert sorted(manifests) == [1, 2, 3, 4, 5] and store.current().number == 5
+        assert [manifests[n].get("republished_from") for n in (2, 3, 4, 5)] == \
+            ["v000001", None, "v000001", None]
         assert manifests[4]["domain"] == 0 and manifests[2]["domain"] == 1
+        assert manifests[5]["step"] == 3  # night's three steps, banked
         served = [(e["version"], e.get("republished_from")) for e in received if e["type"] == "version"]
-        assert served == [(1, None), (2, 1), (3, None), (4, 1)]
+        assert served == [(1, None), (2, 1), (3, None), (4, 1), (5, None)]
 
 
 def _keep_until_shift(daemon, images) -> int:
