@@ -49,7 +49,8 @@ EVENT_SPECS: tuple[EventSpec, ...] = (
     EventSpec(EventType.EXPORT_FAILED, "daemon", "writing the engine failed, e.g. disk full",
               ("export_failed",)),
     EventSpec(EventType.DOMAIN_SHIFT, "daemon", "the frames moved to another domain: its banked "
-              "state, or a new one, is deployed next", ("domain_shift",)),
+              "engine (a new domain: the source network's) is served at once, then its state is "
+              "exported", ("domain_shift",)),
     EventSpec(EventType.STATS, "daemon", "adaptation figures every 5 steps (not republished: "
               "they become the heartbeat's `adaptation`)", ()),
     EventSpec(EventType.DAEMON_HUNG, "supervisor", "the adaptation daemon's heartbeat stopped: "
