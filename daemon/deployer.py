@@ -146,6 +146,6 @@ class Deployer:
             return None  # the source model itself (at most recalibrated): nothing to compare
         with deployed(self.adapter.memory_network()) as memory:
             report = check_health(network, self.state.serving, self.adapter.source, memory,
-                                  frames, self.cfg.health)
+                                  frames, self.cfg.health, beat=self.beat)
         self.beat()
         return score_engine(report, engine, network, frames, self.cfg.health, self.min_agreement)

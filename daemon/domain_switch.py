@@ -64,7 +64,9 @@ class DomainSwitcher:
     def observe(self, image: np.ndarray, defer: bool = False) -> None:
         """A received frame, which may reveal that the stream changed domain: switch now, or
         (``defer``, while the state is in use) at :meth:`switch_pending`."""
-        shift = self.tracker.observe(image) if self.tracker is not None else None
+        if self.tracker is None or self.pending is not None:  # one deferred shift at a time
+            return
+        shift = self.tracker.observe(image)
         if shift is None:
             return
         if defer:

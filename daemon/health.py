@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -193,15 +193,20 @@ def _reasons(candidate: Predictions, source: Predictions, figures: dict[str, Any
 
 
 def check_health(candidate: nn.Module, serving: nn.Module, source: nn.Module, memory: nn.Module,
-                 frames_bgr: np.ndarray, cfg: HealthConfig) -> HealthReport:
-    """Judge ``candidate`` on held-out uint8 (N, H, W, 3) BGR frames; see the module docstring."""
+                 frames_bgr: np.ndarray, cfg: HealthConfig,
+                 beat: Callable[[], None] = lambda: None) -> HealthReport:
+    """Judge ``candidate`` on held-out uint8 (N, H, W, 3) BGR frames; see the module docstring.
+    ``beat`` is called after each network's forwards (the daemon's heartbeat, and its look at
+    the frames that came in meanwhile)."""
     bad_tensors = non_finite_tensors(candidate)
     if bad_tensors:
         return HealthReport(False, [f"non-finite weights in {', '.join(bad_tensors[:3])}"],
                             {"non_finite_tensors": len(bad_tensors)})
-    preds = {name: predict(model, frames_bgr) for name, model in
-             (("candidate", candidate), ("serving", serving), ("source", source),
-              ("memory", memory))}
+    preds = {}
+    for name, model in (("candidate", candidate), ("serving", serving), ("source", source),
+                        ("memory", memory)):
+        preds[name] = predict(model, frames_bgr)
+        beat()
     figures = _figures(preds["candidate"], preds["serving"], preds["source"], preds["memory"])
     figures["frames"] = int(len(frames_bgr))
     reasons = _reasons(preds["candidate"], preds["source"], figures, cfg)

@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ class AdaptationDaemon:
                                  self.run_dir / run_folder.ADAPTATION_STATE, self.progress, events,
                                  domain=lambda: self.domains.current)
         self.stepper = Stepper(cfg, self.adapter, self.frames, self.progress, events,
-                               self.state.rollback, device)
+                               self.state.rollback, device, idle=self.receive_while_idle)
         self.deployer = Deployer(cfg, self.store, self.adapter, self.frames, self.state,
                                  self.progress, events, self.run_dir,
                                  losses=lambda: self.stepper.losses, beat=self.between_stages)
@@ -169,6 +170,18 @@ class AdaptationDaemon:
         self.frames.keep(image)
         self.progress.statistics_frames_left = max(0, self.progress.statistics_frames_left - 1)
         self.domains.observe(image, defer=defer_shift)
+
+    def receive_while_idle(self, seconds: float) -> None:
+        """The duty cycle's pause after a step, spent taking the frames that come in (they
+        would otherwise wait at the hand-off, which keeps only the latest few); a domain shift
+        among them is switched before the next step."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.receiver is None:
+                time.sleep(left)
+                return
+            for _meta, image in self.receiver.receive_all(max(1, int(left * 1000))):
+                self.keep(image, defer_shift=True)
 
     def between_stages(self) -> None:
         """Called between an export's slow stages: the heartbeat, and the frames that came in

@@ -22,9 +22,11 @@ class Stepper:
     """Adapts ``adapter`` on ``frames``; a non-finite loss calls ``rollback`` with the reason."""
 
     def __init__(self, cfg: RuntimeConfig, adapter, frames: FrameBuffer, progress: Progress,
-                 events, rollback: Callable[[str], None], device: torch.device):
+                 events, rollback: Callable[[str], None], device: torch.device,
+                 idle: Callable[[float], None] = time.sleep):
         self.cfg, self.adapter, self.frames, self.progress = cfg, adapter, frames, progress
         self.events, self.rollback = events, rollback
+        self.idle = idle  # the duty cycle's pause, seconds (the daemon takes frames meanwhile)
         # On a GPU the daemon's kernels go to a stream of the lowest priority (0), so the
         # inference engine's work (on a higher-priority stream) is scheduled first.
         self.stream = (torch.cuda.Stream(device=device, priority=0)
@@ -67,9 +69,10 @@ class Stepper:
         return result
 
     def follow_statistics(self) -> None:
+        seen = self.frames.received  # frames that come in during the pause after it are new
         self.on_sampled_batch(self.adapter.follow_statistics)
         self.progress.statistics_updates += 1
-        self.progress.statistics_received = self.frames.received
+        self.progress.statistics_received = seen
 
     def step(self) -> None:
         losses = self.on_sampled_batch(self.adapter.step)
@@ -85,4 +88,4 @@ class Stepper:
         """Idle so that computing takes at most ``duty_cycle`` of the daemon's wall time."""
         duty = self.cfg.adaptation.duty_cycle
         if 0 < duty < 1:
-            time.sleep(busy_seconds * (1 - duty) / duty)
+            self.idle(busy_seconds * (1 - duty) / duty)

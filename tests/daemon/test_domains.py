@@ -336,3 +336,33 @@ def test_a_shift_that_comes_in_during_an_export_abandons_it_and_is_switched_afte
         finally:
             handoff.close()
             receiver.close()
+
+
+def test_frames_that_come_in_during_the_duty_cycle_pause_are_taken_and_a_shift_waits(tmp_path):
+    """The pause after a step takes the frames that come in, instead of leaving them to the
+    hand-off's few places; a shift among them is switched before the next step, not inside it."""
+    from iapc.contracts.handoff import FrameHandoff, FrameReceiver
+    from iapc.contracts.run_folder import FRAMES_SOCKET, ipc_address
+
+    with daemon_on_tiny(tmp_path) as (daemon, _events):
+        address = ipc_address(tmp_path / "run", FRAMES_SOCKET)
+        handoff, receiver = FrameHandoff(address), FrameReceiver(address)
+        try:
+            assert daemon.export_version(source=True) == 1
+            for image in frames("night", 40):
+                daemon.keep(image)
+            daemon.receiver = receiver
+            received = daemon.frames.received
+            for index, image in enumerate(frames("fog", 12, seed=1)):
+                handoff.offer(index, 0, image)
+            daemon.receive_while_idle(1.5)
+            assert daemon.frames.received > received
+            assert daemon.domains.pending is not None and daemon.domains.pending.to == 1
+            banked_night = daemon.cfg.resolved_store() / "domains" / "0.pt"
+            assert not banked_night.exists()  # nothing switched inside the pause
+            daemon.domains.switch_pending()
+            assert daemon.domains.pending is None and daemon.tracker.current == 1
+            assert banked_night.is_file()
+        finally:
+            handoff.close()
+            receiver.close()
