@@ -25,7 +25,7 @@ from iapc.export.deploy import Candidate, DeployOptions, deploy
 from iapc.engines.targets import engine_target
 from iapc.export.parity import min_agreement_for
 from iapc.engines.runner_base import Runner
-from iapc.engines.store import EngineStore
+from iapc.engines.store import EngineStore, Version
 from iapc.runtime.config import RuntimeConfig
 from iapc.contracts.events import EventType
 
@@ -64,10 +64,11 @@ class Deployer:
                    and p.updates_since_deploy > 0)
         return by_steps or by_time
 
-    def export_version(self) -> int | None:
-        """Deploy the adapted network; the new version, or None (rejected and rolled back; or
-        the export failed, the engine in service stays and the export is retried later). The
-        time cadence counts from the end of this export, whatever its outcome."""
+    def export_version(self) -> Version | None:
+        """Deploy the adapted network; the new version, or None (rejected and rolled back;
+        abandoned for a domain shift; or the export failed, the engine in service stays and the
+        export is retried later). The time cadence counts from the end of this export, whatever
+        its outcome."""
         try:
             return self._export()
         finally:
@@ -86,7 +87,7 @@ class Deployer:
                  ", ".join(f"{k:.2f}: {v:.4f}" for k, v in entropies.items()))
         return share
 
-    def _export(self) -> int | None:
+    def _export(self) -> Version | None:
         started = time.perf_counter()
         share = self.choose_source_share()
         options = DeployOptions(frame_size=self.cfg.input_size, confidence=self.cfg.confidence,
@@ -122,7 +123,7 @@ class Deployer:
                          **({"source_share": share} if share is not None else {}))
         log.info("published engine %s at step %d (%.2f s)", version.name,
                  self.adapter.step_count, seconds)
-        return version.number
+        return version
 
     def reject(self, gate: str, reason: str, figures: dict | None = None) -> None:
         step = self.adapter.step_count

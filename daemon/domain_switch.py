@@ -114,17 +114,17 @@ class DomainSwitcher:
         # statistics followed the domain for longer than the engine it was last served with
         self.deploy()
 
-    def serve_banked(self, key: int | str) -> bool:
+    def serve_banked(self, key: int | str) -> None:
         """Publish the banked engine of ``key`` (a domain, or :data:`SOURCE_ENGINE`) again as the
-        newest version, without an export; False when there is none or it cannot be stored."""
+        newest version, without an export; nothing when there is none or it cannot be stored."""
         folder = self.bank.banked_engine(key)
         if folder is None:
-            return False
+            return
         try:
             version = self.store.publish_copy(folder, {"domain": self.tracker.current})
         except OSError as err:
             log.error("cannot serve the banked engine of %s again: %s", key, err)
-            return False
+            return
         self.state.save(version.number)
         self.published(version)
         republished_from = version.manifest["republished_from"]
@@ -132,4 +132,3 @@ class DomainSwitcher:
         self.events.send(EventType.VERSION, version=version.number, step=self.adapter.step_count,
                          republished_from=self.store.version_number(republished_from),
                          domain=self.tracker.current)
-        return True

@@ -55,7 +55,7 @@ from iapc.daemon.progress import Heartbeat, Progress
 from iapc.daemon.state import StateKeeper
 from iapc.daemon.stepping import Stepper
 from iapc.errors import UserError, run_cli
-from iapc.engines.store import EngineStore, version_name
+from iapc.engines.store import EngineStore
 from iapc.contracts import run_folder
 from iapc.runtime.config import RuntimeConfig
 from iapc.contracts.handoff import EventSender, FrameReceiver
@@ -210,10 +210,11 @@ class AdaptationDaemon:
     def export_version(self, source: bool = False) -> int | None:
         """Deploy the adapted network (``source``: it is the source network); the new version
         is banked as the current domain's engine."""
-        number = self.deployer.export_version()
-        if number is not None:
-            self.domains.published(self.store.load_verified(version_name(number)), source)
-        return number
+        version = self.deployer.export_version()
+        if version is None:
+            return None
+        self.domains.published(version, source)
+        return version.number
 
     # the process -------------------------------------------------------------------------------
     def remove_leftovers(self) -> None:

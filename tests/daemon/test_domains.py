@@ -300,47 +300,11 @@ def test_a_young_domain_is_not_left_for_drifting_within_the_spread_of_the_one_it
         assert found == expected, keep_prior
 
 
-def test_a_shift_that_comes_in_during_an_export_abandons_it_and_is_switched_after(tmp_path):
-    """Frames keep coming while the daemon exports (tens of seconds for a real network on a
-    CPU): they are looked at between the export's stages, and a domain shift among them
-    abandons the export of the domain left, whose state is banked; the new domain is served
-    right after."""
-    import time
-
-    from iapc.contracts.handoff import FrameHandoff, FrameReceiver
-    from iapc.contracts.run_folder import FRAMES_SOCKET, ipc_address
-    from iapc.engines.store import EngineStore
-
-    with daemon_on_tiny(tmp_path) as (daemon, events):
-        address = ipc_address(tmp_path / "run", FRAMES_SOCKET)
-        handoff, receiver = FrameHandoff(address), FrameReceiver(address)
-        try:
-            assert daemon.export_version(source=True) == 1
-            for image in frames("night", 40):
-                daemon.keep(image)
-            daemon.step()
-            daemon.receiver = receiver
-            for index, image in enumerate(frames("fog", 12, seed=1)):
-                handoff.offer(index, 0, image)
-            time.sleep(0.5)  # in the sockets' queues, as frames that arrive during an export
-            assert daemon.export_version() is None  # abandoned: nothing new is served
-            store = EngineStore(daemon.cfg.resolved_store())
-            assert store.current().number == 1
-            assert daemon.domains.pending is not None and daemon.tracker.current == 1
-            daemon.domains.switch_pending()
-            assert daemon.domains.pending is None and daemon.step_count == 0
-            assert (store.root / "domains" / "0.pt").is_file()  # night's state, banked
-            # the source engine at once (v2), then fog's recalibrated network (v3)
-            assert [v.manifest.get("republished_from") for v in store.versions()] == \
-                [None, "v000001", None]
-        finally:
-            handoff.close()
-            receiver.close()
-
-
-def test_frames_that_come_in_during_the_duty_cycle_pause_are_taken_and_a_shift_waits(tmp_path):
-    """The pause after a step takes the frames that come in, instead of leaving them to the
-    hand-off's few places; a shift among them is switched before the next step, not inside it."""
+@contextlib.contextmanager
+def daemon_with_frames_arriving(tmp_path):
+    """A tiny-model daemon that has served the source engine (v1, banked as the source's) and
+    kept 40 night frames, its frame receiver connected to a real hand-off; and ``offer(images)``,
+    which sends frames through that hand-off as the inference loop would."""
     from iapc.contracts.handoff import FrameHandoff, FrameReceiver
     from iapc.contracts.run_folder import FRAMES_SOCKET, ipc_address
 
@@ -352,17 +316,53 @@ def test_frames_that_come_in_during_the_duty_cycle_pause_are_taken_and_a_shift_w
             for image in frames("night", 40):
                 daemon.keep(image)
             daemon.receiver = receiver
-            received = daemon.frames.received
-            for index, image in enumerate(frames("fog", 12, seed=1)):
-                handoff.offer(index, 0, image)
-            daemon.receive_while_idle(1.5)
-            assert daemon.frames.received > received
-            assert daemon.domains.pending is not None and daemon.domains.pending.to == 1
-            banked_night = daemon.cfg.resolved_store() / "domains" / "0.pt"
-            assert not banked_night.exists()  # nothing switched inside the pause
-            daemon.domains.switch_pending()
-            assert daemon.domains.pending is None and daemon.tracker.current == 1
-            assert banked_night.is_file()
+
+            def offer(images):
+                for index, image in enumerate(images):
+                    handoff.offer(index, 0, image)
+
+            yield daemon, offer
         finally:
             handoff.close()
             receiver.close()
+
+
+def test_a_shift_that_comes_in_during_an_export_abandons_it_and_is_switched_after(tmp_path):
+    """Frames keep coming while the daemon exports (tens of seconds for a real network on a
+    CPU): they are looked at between the export's stages, and a domain shift among them
+    abandons the export of the domain left, whose state is banked; the new domain is served
+    right after."""
+    import time
+
+    from iapc.engines.store import EngineStore
+
+    with daemon_with_frames_arriving(tmp_path) as (daemon, offer):
+        daemon.step()
+        offer(frames("fog", 12, seed=1))
+        time.sleep(0.5)  # in the sockets' queues, as frames that arrive during an export
+        assert daemon.export_version() is None  # abandoned: nothing new is served
+        store = EngineStore(daemon.cfg.resolved_store())
+        assert store.current().number == 1
+        assert daemon.domains.pending is not None and daemon.tracker.current == 1
+        daemon.domains.switch_pending()
+        assert daemon.domains.pending is None and daemon.step_count == 0
+        assert (store.root / "domains" / "0.pt").is_file()  # night's state, banked
+        # the source engine at once (v2), then fog's recalibrated network (v3)
+        assert [v.manifest.get("republished_from") for v in store.versions()] == \
+            [None, "v000001", None]
+
+
+def test_frames_that_come_in_during_the_duty_cycle_pause_are_taken_and_a_shift_waits(tmp_path):
+    """The pause after a step takes the frames that come in, instead of leaving them to the
+    hand-off's few places; a shift among them is switched before the next step, not inside it."""
+    with daemon_with_frames_arriving(tmp_path) as (daemon, offer):
+        received = daemon.frames.received
+        offer(frames("fog", 12, seed=1))
+        daemon.receive_while_idle(1.5)
+        assert daemon.frames.received > received
+        assert daemon.domains.pending is not None and daemon.domains.pending.to == 1
+        banked_night = daemon.cfg.resolved_store() / "domains" / "0.pt"
+        assert not banked_night.exists()  # nothing switched inside the pause
+        daemon.domains.switch_pending()
+        assert daemon.domains.pending is None and daemon.tracker.current == 1
+        assert banked_night.is_file()
